@@ -1,0 +1,269 @@
+//! The registry's configuration: one typed document, read from YAML by the
+//! registry and rendered by the operator into a ConfigMap. Field names are
+//! camelCase so the same shape reads naturally inside a Kubernetes resource.
+
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to listen on, e.g. `0.0.0.0:5000`.
+    pub listen: String,
+    pub storage: StorageConfig,
+    /// Allow deleting blobs, manifests and tags through the API.
+    pub delete_enabled: bool,
+    /// Refuse every write (push, delete) with `UNSUPPORTED`; pulls keep working.
+    pub read_only: bool,
+    pub uploads: UploadsConfig,
+    pub manifests: ManifestsConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:5000".into(),
+            storage: StorageConfig::default(),
+            delete_enabled: true,
+            read_only: false,
+            uploads: UploadsConfig::default(),
+            manifests: ManifestsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory that holds blobs, repositories and upload sessions. In Kubernetes
+    /// this is the PersistentVolume's mount point; replicas may share it.
+    pub root: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { root: PathBuf::from("./data") }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// Let `POST ?mount=<digest>` without `from` link a blob that the registry
+    /// already stores into the target repository (distribution-spec 1.1 allows it).
+    pub anonymous_mount: bool,
+    /// Smallest chunk the registry asks clients to send (`OCI-Chunk-Min-Length`);
+    /// 0 leaves the choice to clients.
+    pub chunk_min_length: u64,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig { anonymous_mount: true, chunk_min_length: 0 }
+    }
+}
+
+/// Which manifest handlers are on, and how pushed manifests are validated.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ManifestsConfig {
+    pub oci: OciHandlers,
+    pub docker: DockerHandlers,
+    pub validation: ValidationConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct OciHandlers {
+    /// `application/vnd.oci.image.manifest.v1+json`.
+    pub image_manifest: bool,
+    /// `application/vnd.oci.image.index.v1+json`.
+    pub image_index: bool,
+}
+
+impl Default for OciHandlers {
+    fn default() -> Self {
+        OciHandlers { image_manifest: true, image_index: true }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct DockerHandlers {
+    /// `application/vnd.docker.distribution.manifest.v2+json`.
+    pub schema2: bool,
+    /// `application/vnd.docker.distribution.manifest.list.v2+json`.
+    pub manifest_list: bool,
+    /// Legacy `application/vnd.docker.distribution.manifest.v1+json` and
+    /// `+prettyjws`. Off by default: signatures are not verified and current
+    /// clients no longer push it.
+    pub schema1: bool,
+}
+
+impl Default for DockerHandlers {
+    fn default() -> Self {
+        DockerHandlers { schema2: true, manifest_list: true, schema1: false }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Refuse a manifest whose config and layers are not in the repository
+    /// (`MANIFEST_BLOB_UNKNOWN`). Foreign and non-distributable layers are exempt.
+    pub blob_references: bool,
+    /// Largest manifest accepted, in bytes.
+    pub max_size: u64,
+    /// URLs allowed on foreign (non-distributable) layers.
+    pub urls: UrlPolicy,
+    /// Which manifests of an index must already be in the repository.
+    pub indexes: IndexPolicy,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            blob_references: true,
+            max_size: 4 * 1024 * 1024,
+            urls: UrlPolicy::default(),
+            indexes: IndexPolicy::default(),
+        }
+    }
+}
+
+/// Regular expressions over the URLs of foreign layers. A URL must be http(s),
+/// match one `allow` pattern (when any are given) and no `deny` pattern.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct UrlPolicy {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct IndexPolicy {
+    pub platforms: IndexPlatforms,
+    /// With `platforms: list`, the platforms whose manifests must exist.
+    pub platform_list: Vec<Platform>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexPlatforms {
+    /// Every manifest an index lists must exist in the repository.
+    #[default]
+    All,
+    /// Indexes may list manifests that were not pushed (sparse indexes).
+    None,
+    /// Only the manifests for the platforms in `platformList` must exist.
+    List,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `berth_registry=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parsing {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_yaml_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let config = Config::from_yaml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.into(), message },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_saphyr::from_str(text)
+                .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).expect("the config type always serialises")
+    }
+
+    /// Checks what serde cannot: patterns compile, limits are sane.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::manifest::Policy::new(&self.manifests).map_err(ConfigError::Invalid)?;
+        if self.manifests.validation.max_size == 0 {
+            return Err(ConfigError::Invalid("manifests.validation.maxSize must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_yaml_is_the_default() {
+        assert_eq!(Config::from_yaml("").unwrap(), Config::default());
+        assert_eq!(Config::from_yaml("{}").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn yaml_round_trips() {
+        let mut c = Config::default();
+        c.manifests.docker.schema1 = true;
+        c.manifests.validation.indexes.platforms = IndexPlatforms::List;
+        c.manifests.validation.indexes.platform_list =
+            vec![Platform { os: "linux".into(), architecture: "arm64".into(), variant: Some("v8".into()) }];
+        assert_eq!(Config::from_yaml(&c.to_yaml()).unwrap(), c);
+    }
+
+    #[test]
+    fn refuses_unknown_fields_and_bad_patterns() {
+        assert!(Config::from_yaml("listn: x").is_err());
+        assert!(Config::from_yaml("manifests: {validation: {urls: {allow: ['(']}}}").is_err());
+        assert!(Config::from_yaml("manifests: {validation: {maxSize: 0}}").is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! `berth-registry`: runs the registry from a YAML config file, flags and
+//! environment variables (flags win over the file).
+
+use std::path::PathBuf;
+
+use berth_registry::config::{Config, LogFormat};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "berth-registry", version, about = "An OCI distribution-spec v1.1 registry")]
+struct Args {
+    /// YAML configuration file (see `--print-config` for every field).
+    #[arg(long, short, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:5000.
+    #[arg(long, env = "BERTH_LISTEN")]
+    listen: Option<String>,
+    /// Storage directory.
+    #[arg(long, env = "BERTH_STORAGE_ROOT")]
+    root: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, env = "BERTH_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Print the configuration's JSON schema and exit.
+    #[arg(long)]
+    print_schema: bool,
+}
+
+fn load(args: &Args) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_yaml_file(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(listen) = &args.listen {
+        config.listen = listen.clone();
+    }
+    if let Some(root) = &args.root {
+        config.storage.root = root.clone();
+    }
+    if let Some(format) = &args.log_format {
+        config.log.format = match format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(format!("unknown log format {other:?}: use text or json")),
+        };
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if args.print_schema {
+        let schema = schemars::schema_for!(Config);
+        println!("{}", serde_json::to_string_pretty(&schema).expect("schema serialises"));
+        return std::process::ExitCode::SUCCESS;
+    }
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth-registry: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", config.to_yaml());
+        return std::process::ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    let listener = match tokio::net::TcpListener::bind(&config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("berth-registry: listening on {}: {e}", config.listen);
+            return std::process::ExitCode::from(1);
+        }
+    };
+    tracing::info!(listen = %config.listen, root = %config.storage.root.display(), "berth-registry serving");
+    match berth_registry::server::serve(listener, config, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth-registry: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Blob content: streaming writes that hash as they go, reads, repository links.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::FsStorage;
+use super::durable::{self, blocking};
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, Result};
+use crate::names::RepoName;
+use crate::storage::{BlobReader, ByteStream};
+
+/// Large writes keep syscalls few while a body streams in.
+const WRITE_BUFFER: usize = 1 << 20;
+/// Chunks in flight between the network task and the writer thread.
+const CHANNEL_DEPTH: usize = 16;
+
+pub struct Written {
+    pub hasher: Hasher,
+    pub len: u64,
+}
+
+/// Streams `body` to the end of `file` while hashing it, on a blocking thread so
+/// network reads and disk writes overlap; the data is synced before returning.
+pub async fn write_stream(file: File, mut hasher: Hasher, mut body: ByteStream) -> Result<Written> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let writer = tokio::task::spawn_blocking(move || -> io::Result<Written> {
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+        let mut len = 0u64;
+        while let Some(chunk) = rx.blocking_recv() {
+            hasher.update(&chunk);
+            out.write_all(&chunk)?;
+            len += chunk.len() as u64;
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_data()?;
+        Ok(Written { hasher, len })
+    });
+    let mut body_error = None;
+    while let Some(item) = body.next().await {
+        match item {
+            Ok(chunk) => {
+                if tx.send(chunk).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+            Err(e) => {
+                body_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let written = writer.await.map_err(|e| Error::Internal(format!("writer task failed: {e}")))??;
+    if let Some(e) = body_error {
+        return Err(Error::UploadInvalid(format!("request body ended early: {e}")));
+    }
+    Ok(written)
+}
+
+impl FsStorage {
+    pub(super) async fn linked_blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let link = self.layer_link(repo, digest);
+        let blob = self.blob_path(digest);
+        blocking(move || {
+            if !link.exists() {
+                return Ok(None);
+            }
+            match std::fs::metadata(&blob) {
+                Ok(m) => Ok(Some(m.len())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn read_blob(&self, repo: &RepoName, digest: &Digest, range: Range<u64>) -> Result<BlobReader> {
+        if !self.layer_link(repo, digest).exists() {
+            return Err(Error::BlobUnknown);
+        }
+        let mut file = match tokio::fs::File::open(self.blob_path(digest)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::BlobUnknown),
+            Err(e) => return Err(e.into()),
+        };
+        if range.start > 0 {
+            file.seek(SeekFrom::Start(range.start)).await?;
+        }
+        Ok(Box::pin(file.take(range.end - range.start)))
+    }
+
+    pub(super) async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let link = self.layer_link(repo, digest);
+        blocking(move || durable::remove_if_exists(&link)).await
+    }
+
+    pub(super) async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let link = self.layer_link(repo, digest);
+        blocking(move || durable::touch(&link)).await
+    }
+
+    pub(super) async fn mount_blob(&self, to: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
+        let readable = match from {
+            Some(from) => self.linked_blob_size(from, digest).await?.is_some(),
+            None => tokio::fs::try_exists(self.blob_path(digest)).await?,
+        };
+        if readable {
+            self.link_blob(to, digest).await?;
+        }
+        Ok(readable)
+    }
+
+    pub(super) async fn put_blob(&self, repo: &RepoName, digest: &Digest, body: ByteStream) -> Result<u64> {
+        let tmp_dir = self.tmp_dir();
+        let tmp = blocking(move || tempfile::NamedTempFile::new_in(tmp_dir)).await?;
+        let file = tmp.as_file().try_clone()?;
+        let written = write_stream(file, Hasher::new(digest.algorithm()), body).await?;
+        if written.hasher.finish() != *digest {
+            return Err(Error::DigestMismatch); // dropping `tmp` removes the file
+        }
+        let target = self.blob_path(digest);
+        blocking(move || {
+            let (_, path) = tmp.keep().map_err(|e| e.error)?;
+            durable::publish(&path, &target)
+        })
+        .await?;
+        self.link_blob(repo, digest).await?;
+        Ok(written.len)
+    }
+
+    /// Hashes a file from its start; for the rare upload finished with another
+    /// algorithm than the one it was hashed with while streaming.
+    pub(super) async fn hash_file(path: std::path::PathBuf, len: u64, algorithm: crate::digest::Algorithm) -> Result<Digest> {
+        blocking(move || {
+            let mut file = File::open(path)?;
+            file.seek(SeekFrom::Start(0))?;
+            let mut hasher = Hasher::new(algorithm);
+            let mut reader = io::Read::take(file, len);
+            let mut buf = vec![0u8; WRITE_BUFFER];
+            loop {
+                let n = io::Read::read(&mut reader, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            Ok(hasher.finish())
+        })
+        .await
+    }
+}

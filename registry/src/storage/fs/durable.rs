@@ -1,0 +1,112 @@
+//! Crash-safe file primitives. A file is published by renaming a fully written and
+//! synced temporary file into place, and every directory whose entries changed is
+//! synced, so an acknowledged write survives power loss and a reader never sees a
+//! partial file.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::Path;
+
+use tempfile::NamedTempFile;
+
+use crate::error::{Error, Result};
+
+/// Runs filesystem work on the blocking pool.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("storage task failed: {e}")))?
+        .map_err(Error::Io)
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and any missing parents, syncing each parent that gained an entry.
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+    ensure_dir(parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces `path` with `bytes` atomically: readers see the old or the new content.
+pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let parent = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+    ensure_dir(parent)?;
+    let mut tmp = NamedTempFile::new_in(tmp_dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(parent)
+}
+
+/// Moves a complete, synced file into place. When `path` already exists (the same
+/// content-addressed blob, pushed concurrently) the existing file is kept.
+pub fn publish(from: &Path, path: &Path) -> io::Result<()> {
+    let parent = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+    ensure_dir(parent)?;
+    if path.exists() {
+        return remove_if_exists(from).map(|_| ());
+    }
+    fs::rename(from, path)?;
+    sync_dir(parent)
+}
+
+/// Creates an empty marker file durably (a repository link).
+pub fn touch(path: &Path) -> io::Result<()> {
+    let parent = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+    ensure_dir(parent)?;
+    if path.exists() {
+        return Ok(());
+    }
+    File::create(path)?.sync_all()?;
+    sync_dir(parent)
+}
+
+/// Removes a file durably; `false` when it did not exist.
+pub fn remove_if_exists(path: &Path) -> io::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            if let Some(parent) = path.parent() {
+                sync_dir(parent)?;
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a small file; `None` when it does not exist.
+pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Names of the entries of a directory, sorted; empty when it does not exist.
+pub fn list_dir(dir: &Path) -> io::Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        if let Ok(name) = entry?.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}

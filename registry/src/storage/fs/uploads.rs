@@ -1,0 +1,178 @@
+//! Upload sessions, kept on disk so they survive restarts and can continue on
+//! another replica that shares the volume: `data` holds the bytes received and
+//! `state.json` the acknowledged size and the hasher's saved state.
+//!
+//! A chunk is acknowledged only after its bytes are synced and the new state is
+//! atomically in place. Bytes beyond the recorded size (a chunk that was being
+//! written when the process died) are cut off before the next write.
+
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::FsStorage;
+use super::blobs::write_stream;
+use super::durable::{self, blocking};
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::error::{Error, Result};
+use crate::names::RepoName;
+use crate::storage::{ByteStream, Chunk};
+
+const STRIPES: usize = 64;
+
+/// Serialises requests on one upload within this process (striped by id).
+pub struct Locks([Arc<Mutex<()>>; STRIPES]);
+
+impl Default for Locks {
+    fn default() -> Self {
+        Locks(std::array::from_fn(|_| Arc::new(Mutex::new(()))))
+    }
+}
+
+impl Locks {
+    async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
+        let stripe = id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % STRIPES;
+        self.0[stripe].clone().lock_owned().await
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadState {
+    pub repo: String,
+    pub algorithm: Algorithm,
+    pub offset: u64,
+    pub hash_state: String,
+    pub started_unix: u64,
+}
+
+/// Upload ids are UUIDs; anything else never reaches the filesystem.
+fn valid_id(id: &str) -> bool {
+    uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
+}
+
+impl FsStorage {
+    pub(super) async fn start_upload(&self, repo: &RepoName, algorithm: Algorithm) -> Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let dir = self.upload_dir(&id);
+        let tmp_dir = self.tmp_dir();
+        let state = UploadState {
+            repo: repo.to_string(),
+            algorithm,
+            offset: 0,
+            hash_state: Hasher::new(algorithm).save(),
+            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        };
+        let json = serde_json::to_vec(&state).map_err(|e| Error::Internal(e.to_string()))?;
+        blocking(move || {
+            durable::ensure_dir(&dir)?;
+            std::fs::File::create(dir.join("data"))?;
+            durable::write_atomic(&tmp_dir, &dir.join("state.json"), &json)
+        })
+        .await?;
+        Ok(id)
+    }
+
+    pub(super) async fn load_upload(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
+        if !valid_id(id) {
+            return Err(Error::UploadUnknown);
+        }
+        let path = self.upload_dir(id).join("state.json");
+        let bytes = blocking(move || durable::read_optional(&path)).await?.ok_or(Error::UploadUnknown)?;
+        let state: UploadState = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Internal(format!("upload {id} has a damaged state file: {e}")))?;
+        if state.repo != repo.as_str() {
+            return Err(Error::UploadUnknown);
+        }
+        Ok(state)
+    }
+
+    async fn save_upload(&self, id: &str, state: &UploadState) -> Result<()> {
+        let path = self.upload_dir(id).join("state.json");
+        let tmp_dir = self.tmp_dir();
+        let json = serde_json::to_vec(state).map_err(|e| Error::Internal(e.to_string()))?;
+        blocking(move || durable::write_atomic(&tmp_dir, &path, &json)).await
+    }
+
+    pub(super) async fn append_upload(&self, repo: &RepoName, id: &str, chunk: Chunk, body: ByteStream) -> Result<u64> {
+        let _guard = self.upload_locks.lock(id).await;
+        let mut state = self.load_upload(repo, id).await?;
+        if let Some(start) = chunk.start
+            && start != state.offset
+        {
+            return Err(Error::ChunkOutOfOrder {
+                start,
+                offset: state.offset,
+                location: crate::api::upload_location(repo, id),
+            });
+        }
+        let hasher = Hasher::restore(state.algorithm, &state.hash_state)
+            .ok_or_else(|| Error::Internal(format!("upload {id} has a damaged hash state")))?;
+        let data = self.upload_dir(id).join("data");
+        let offset = state.offset;
+        let file = blocking(move || {
+            let mut file = OpenOptions::new().write(true).open(&data)?;
+            file.set_len(offset)?;
+            file.seek(SeekFrom::Start(offset))?;
+            Ok(file)
+        })
+        .await?;
+        let written = write_stream(file, hasher, body).await?;
+        if let Some(expected) = chunk.len
+            && expected != written.len
+        {
+            // The recorded offset is unchanged, so the extra bytes are cut next time.
+            return Err(Error::UploadInvalid(format!(
+                "chunk announced {expected} bytes but carried {}",
+                written.len
+            )));
+        }
+        state.offset += written.len;
+        state.hash_state = written.hasher.save();
+        self.save_upload(id, &state).await?;
+        Ok(state.offset)
+    }
+
+    pub(super) async fn complete_upload(&self, repo: &RepoName, id: &str, digest: &Digest) -> Result<u64> {
+        let _guard = self.upload_locks.lock(id).await;
+        let state = self.load_upload(repo, id).await?;
+        let dir = self.upload_dir(id);
+        let data = dir.join("data");
+        let actual = if state.algorithm == digest.algorithm() {
+            Hasher::restore(state.algorithm, &state.hash_state)
+                .ok_or_else(|| Error::Internal(format!("upload {id} has a damaged hash state")))?
+                .finish()
+        } else {
+            Self::hash_file(data.clone(), state.offset, digest.algorithm()).await?
+        };
+        if actual != *digest {
+            let dir = dir.clone();
+            blocking(move || std::fs::remove_dir_all(&dir)).await?;
+            return Err(Error::DigestMismatch);
+        }
+        let target = self.blob_path(digest);
+        let offset = state.offset;
+        blocking(move || {
+            let file = OpenOptions::new().write(true).open(&data)?;
+            if file.metadata()?.len() != offset {
+                file.set_len(offset)?;
+                file.sync_all()?;
+            }
+            durable::publish(&data, &target)
+        })
+        .await?;
+        self.link_blob(repo, digest).await?;
+        blocking(move || std::fs::remove_dir_all(&dir)).await?;
+        Ok(offset)
+    }
+
+    pub(super) async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        let _guard = self.upload_locks.lock(id).await;
+        self.load_upload(repo, id).await?;
+        let dir = self.upload_dir(id);
+        blocking(move || std::fs::remove_dir_all(&dir)).await
+    }
+}
