@@ -43,7 +43,7 @@ pub async fn get(app: &App, repo: &RepoName, digest: &str, req: Req, head: bool)
 
 /// A single `bytes=` range within a blob of `size` bytes. Ranges this server does
 /// not serve (several ranges, other units, malformed) are ignored, as HTTP allows;
-/// a well-formed range outside the blob is refused with 416.
+/// a range outside the blob or ending before it starts is refused with 416.
 fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>> {
     let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return Ok(None);
@@ -71,7 +71,7 @@ fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>>
         } else {
             let Ok(last) = last.parse::<u64>() else { return Ok(None) };
             if last < start {
-                return Ok(None);
+                return Err(Error::BlobRangeInvalid { size });
             }
             last.saturating_add(1).min(size)
         };
@@ -114,5 +114,6 @@ mod tests {
         assert_eq!(range("bytes=x-1", 100).unwrap(), None);
         assert!(range("bytes=100-", 100).is_err());
         assert!(range("bytes=-0", 100).is_err());
+        assert!(range("bytes=50-0", 100).is_err());
     }
 }

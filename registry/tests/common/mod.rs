@@ -1,0 +1,164 @@
+//! An in-process registry on a free loopback port, and small client helpers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use berth_registry::Config;
+use berth_registry::digest::{Algorithm, Digest};
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_SCHEMA2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+pub struct Registry {
+    pub base: String,
+    pub client: Client,
+    pub root: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Registry {
+    pub async fn start() -> Registry {
+        Registry::with(|_| {}).await
+    }
+
+    pub async fn with(adjust: impl FnOnce(&mut Config)) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::on_root(dir.path(), adjust).await;
+        r._dir = Some(dir);
+        r
+    }
+
+    /// A server on an existing storage root (a restart, or a second replica).
+    pub async fn on_root(root: &Path, adjust: impl FnOnce(&mut Config)) -> Registry {
+        let mut config = Config::default();
+        config.storage.root = root.to_path_buf();
+        adjust(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(berth_registry::server::serve(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Registry {
+            base: format!("http://{addr}"),
+            client: Client::new(),
+            root: root.to_path_buf(),
+            _dir: None,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        let url = if path.starts_with("http") { path.to_owned() } else { format!("{}{path}", self.base) };
+        self.client.request(method, url)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.req(Method::GET, path).send().await.unwrap()
+    }
+
+    /// Pushes a blob monolithically and returns its digest.
+    pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> Digest {
+        let digest = Digest::of(Algorithm::Sha256, bytes);
+        let r = self
+            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"))
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+        digest
+    }
+
+    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Response {
+        self.req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("content-type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Pushes a config and one layer, then an OCI image manifest tagged `tag`.
+    pub async fn push_image(&self, repo: &str, tag: &str, layer: &[u8]) -> (Digest, Vec<u8>) {
+        let manifest = serde_json::to_vec(&self.image_manifest(repo, layer, None).await).unwrap();
+        let r = self.put_manifest(repo, tag, OCI_MANIFEST, &manifest).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+        (Digest::of(Algorithm::Sha256, &manifest), manifest)
+    }
+
+    /// Pushes the blobs of an image and returns its manifest (not pushed).
+    pub async fn image_manifest(&self, repo: &str, layer: &[u8], subject: Option<Value>) -> Value {
+        let config = self.push_blob(repo, b"{}").await;
+        let layer_digest = self.push_blob(repo, layer).await;
+        let mut m = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config.to_string(), "size": 2},
+            "layers": [{"mediaType": OCI_LAYER, "digest": layer_digest.to_string(), "size": layer.len()}]
+        });
+        if let Some(subject) = subject {
+            m["subject"] = subject;
+        }
+        m
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Asserts a distribution-spec error response and returns its message.
+pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> String {
+    assert_eq!(response.status(), status, "unexpected status");
+    let body: Value = response.json().await.expect("error body is JSON");
+    let error = &body["errors"][0];
+    assert_eq!(error["code"], code, "body: {body}");
+    error["message"].as_str().unwrap_or_default().to_owned()
+}
+
+pub fn header(response: &Response, name: &str) -> String {
+    response.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+/// Every file below `dir`, recursively.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_below(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Sends a GET with `path` exactly as given (HTTP clients normalise `..` and
+/// `%2e%2e` away) and returns the status code.
+pub async fn raw_get_status(base: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
