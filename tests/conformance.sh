@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The official OCI distribution-spec conformance suite against a berth-registry
+# process: once with the default (strict) validation, once with the validation
+# relaxed so sparse manifests are accepted. Fails on any failed, errored or
+# skipped test, or when the suite wrote no results.
+set -euo pipefail
+source "$(dirname "$0")/lib/common.sh"
+
+suite=$(go_tool conformance)
+work=$(mktemp -d)
+trap 'stop_registry; rm -rf "$work"' EXIT
+
+run_suite() { # name config-yaml extra-env...
+  local name=$1 config=$2; shift 2
+  local root="$work/$name" results="$work/$name-results"
+  mkdir -p "$root"
+  local cfgfile=""
+  if [ -n "$config" ]; then cfgfile="$work/$name.yaml"; printf '%s\n' "$config" >"$cfgfile"; fi
+  start_registry "$root" "$cfgfile"
+  (
+    cd "$work"
+    env OCI_REGISTRY="$REGISTRY" OCI_TLS=disabled OCI_VERSION=1.1 \
+      OCI_REPO1=conformance/repo1 OCI_REPO2=conformance/repo2 OCI_RESULTS_DIR="$results" \
+      OCI_API_BLOBS_UPLOAD_CANCEL=true OCI_API_MANIFESTS_TAG_PARAM=true \
+      OCI_API_BLOBS_DIGEST_HEADER=true OCI_API_MANIFESTS_DIGEST_HEADER=true \
+      OCI_DATA_SHA512=true "$@" "$suite" >"$work/$name.out" 2>&1
+  ) || true
+  stop_registry
+  python3 - "$work/$name.out" "$results" <<'PY'
+import pathlib, re, sys
+out = pathlib.Path(sys.argv[1]).read_text()
+results = pathlib.Path(sys.argv[2]) / "results.yaml"
+if not results.exists():
+    print(out[-3000:]); sys.exit("conformance wrote no results.yaml")
+counts = dict(re.findall(r"^\s+(Disabled|Skip|Pass|FAIL|Error)\.+:\s+(\d+)", out, re.M))
+print("   conformance:", ", ".join(f"{k} {v}" for k, v in counts.items()))
+bad = [l.strip() for l in out.splitlines() if re.search(r": (Fail|FAIL|Error|Skip)$", l)]
+if int(counts.get("Pass", 0)) == 0 or any(int(counts.get(k, 1)) for k in ("FAIL", "Error", "Skip")):
+    print("\n".join(bad[:40])); sys.exit("conformance failures")
+PY
+}
+
+check "conformance (default validation)" run_suite strict ""
+check "conformance (sparse manifests allowed)" run_suite sparse \
+  "manifests: {validation: {blobReferences: false, indexes: {platforms: none}}}" OCI_DATA_SPARSE=true
+
+echo "conformance: $PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]

@@ -1,0 +1,92 @@
+# Shared by the test scripts: cache locations, pinned tools, a registry on a free port.
+# shellcheck shell=bash
+
+BERTH_CACHE="${BERTH_CACHE:-$HOME/.cache/berth}"
+export BERTH_CACHE
+# Builds live outside the clone so repeated CI runs on one machine reuse them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$BERTH_CACHE/target}"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+export REPO_ROOT
+
+# Go tools, pinned. "name module version"
+GO_TOOLS=(
+  "conformance github.com/opencontainers/distribution-spec/conformance v0.0.0-20260831232431-97274622c111"
+  "crane github.com/google/go-containerregistry/cmd/crane v0.22.1"
+  "oras oras.land/oras/cmd/oras v1.3.6"
+)
+
+# Path of a pinned Go tool, installing it into the cache on first use.
+go_tool() {
+  local name=$1 entry module version dir
+  for entry in "${GO_TOOLS[@]}"; do
+    read -r n module version <<<"$entry"
+    [ "$n" = "$name" ] || continue
+    dir="$BERTH_CACHE/gobin/$name-$version"
+    if [ ! -x "$dir/$name" ]; then
+      echo "installing $name $version" >&2
+      GOBIN="$dir" GOFLAGS=-mod=mod go install "$module@$version" >&2
+    fi
+    echo "$dir/$name"
+    return 0
+  done
+  echo "unknown tool $name" >&2
+  return 1
+}
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing ${missing[*]}" >&2
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+registry_bin() {
+  echo "$CARGO_TARGET_DIR/release/berth-registry"
+}
+
+# start_registry ROOT [CONFIG]: starts berth-registry, sets REGISTRY (host:port) and REGISTRY_PID.
+start_registry() {
+  local root=$1 config=${2:-} port
+  port=$(free_port)
+  local args=(--listen "127.0.0.1:$port" --root "$root")
+  [ -n "$config" ] && args+=(--config "$config")
+  "$(registry_bin)" "${args[@]}" >"$root.log" 2>&1 &
+  REGISTRY_PID=$!
+  REGISTRY="127.0.0.1:$port"
+  for _ in $(seq 1 100); do
+    if curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "berth-registry did not start; log:" >&2
+  cat "$root.log" >&2
+  return 1
+}
+
+stop_registry() {
+  [ -n "${REGISTRY_PID:-}" ] && kill "$REGISTRY_PID" 2>/dev/null && wait "$REGISTRY_PID" 2>/dev/null
+  REGISTRY_PID=""
+}
+
+# Counts for the final summary line.
+PASSED=0
+FAILED=0
+check() {
+  local name=$1; shift
+  if "$@"; then
+    echo "ok   $name"
+    PASSED=$((PASSED + 1))
+  else
+    echo "FAIL $name"
+    FAILED=$((FAILED + 1))
+  fi
+}
