@@ -232,3 +232,28 @@ async fn tags_move_last_writer_wins() {
     let served = Digest::of(Algorithm::Sha256, &r.bytes().await.unwrap());
     assert!(digests.contains(&served));
 }
+
+#[tokio::test]
+async fn caches_never_serve_a_moved_or_deleted_tag_even_across_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Registry::on_root(dir.path(), |_| {}).await;
+    let b = Registry::on_root(dir.path(), |_| {}).await;
+    let get = |reg: &Registry, reference: String| {
+        reg.req(Method::GET, &format!("/v2/cache/manifests/{reference}")).header("accept", OCI_MANIFEST).send()
+    };
+    let (first, _) = a.push_image("cache", "latest", b"one").await;
+    assert_eq!(header(&get(&a, "latest".into()).await.unwrap(), "docker-content-digest"), first.to_string());
+    // Moved on the other replica: this one must notice.
+    let (second, _) = b.push_image("cache", "latest", b"two").await;
+    assert_eq!(header(&get(&a, "latest".into()).await.unwrap(), "docker-content-digest"), second.to_string());
+    // Deleted on the other replica, by tag and then by digest.
+    assert_eq!(get(&a, second.to_string()).await.unwrap().status(), StatusCode::OK);
+    b.req(Method::DELETE, "/v2/cache/manifests/latest").send().await.unwrap();
+    assert_error(get(&a, "latest".into()).await.unwrap(), StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    b.req(Method::DELETE, &format!("/v2/cache/manifests/{second}")).send().await.unwrap();
+    assert_error(get(&a, second.to_string()).await.unwrap(), StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    // Re-pushed content is served again.
+    let (again, _) = b.push_image("cache", "latest", b"two").await;
+    assert_eq!(again, second);
+    assert_eq!(get(&a, "latest".into()).await.unwrap().status(), StatusCode::OK);
+}

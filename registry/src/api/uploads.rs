@@ -95,11 +95,8 @@ pub async fn put(app: &App, repo: &RepoName, id: &str, req: Req) -> Result<Respo
         .param("digest")
         .ok_or_else(|| Error::DigestInvalid("the digest query parameter is required to finish an upload".into()))?;
     let digest = parse_digest(digest)?;
-    if !req.body_is_empty() {
-        let chunk = chunk(&req)?;
-        app.storage.upload_append(repo, id, chunk, req.into_stream()).await?;
-    }
-    app.storage.upload_complete(repo, id, &digest).await?;
+    let last = if req.body_is_empty() { None } else { Some((chunk(&req)?, req.into_stream())) };
+    app.storage.upload_finish(repo, id, &digest, last).await?;
     Ok(created(repo, &digest))
 }
 

@@ -72,9 +72,16 @@ pub trait Storage: Send + Sync + 'static {
     async fn upload_offset(&self, repo: &RepoName, id: &str) -> Result<u64>;
     /// Appends a chunk and returns the new size. Only returns once the chunk is durable.
     async fn upload_append(&self, repo: &RepoName, id: &str, chunk: Chunk, body: ByteStream) -> Result<u64>;
-    /// Verifies the upload against `digest`, publishes the blob and links it into
-    /// `repo`. On a mismatch the session is cancelled. Returns the blob size.
-    async fn upload_complete(&self, repo: &RepoName, id: &str, digest: &Digest) -> Result<u64>;
+    /// Appends the final chunk, if any, verifies the upload against `digest`,
+    /// publishes the blob and links it into `repo`. On a mismatch the session is
+    /// cancelled. Returns the blob size.
+    async fn upload_finish(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        last: Option<(Chunk, ByteStream)>,
+    ) -> Result<u64>;
     async fn upload_cancel(&self, repo: &RepoName, id: &str) -> Result<()>;
 
     async fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>>;

@@ -25,17 +25,25 @@ pub struct Written {
     pub len: u64,
 }
 
-/// Streams `body` to the end of `file` while hashing it, on a blocking thread so
-/// network reads and disk writes overlap; the data is synced before returning.
+/// Streams `body` to `file` at its current position while hashing it, on a
+/// blocking thread so network reads and disk writes overlap. Writeback is started
+/// every few MiB, so the final sync waits only for the tail instead of the whole
+/// blob; the data is synced before returning.
 pub async fn write_stream(file: File, mut hasher: Hasher, mut body: ByteStream) -> Result<Written> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let writer = tokio::task::spawn_blocking(move || -> io::Result<Written> {
+        let mut file = file;
+        let mut writeback = Writeback::new(file.stream_position()?);
         let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
         let mut len = 0u64;
         while let Some(chunk) = rx.blocking_recv() {
             hasher.update(&chunk);
             out.write_all(&chunk)?;
             len += chunk.len() as u64;
+            if writeback.due(len) {
+                out.flush()?;
+                writeback.kick(out.get_ref(), len);
+            }
         }
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_data()?;
@@ -61,6 +69,43 @@ pub async fn write_stream(file: File, mut hasher: Hasher, mut body: ByteStream) 
         return Err(Error::UploadInvalid(format!("request body ended early: {e}")));
     }
     Ok(written)
+}
+
+/// Starts writeback of each written window and waits for the one before it, so
+/// dirty data stays bounded and the disk works while the next window is hashed.
+struct Writeback {
+    start: u64,
+    kicked: u64,
+    previous: Option<(u64, u64)>,
+}
+
+/// Bytes per writeback window.
+const WRITEBACK_WINDOW: u64 = 8 << 20;
+
+impl Writeback {
+    fn new(start: u64) -> Self {
+        Writeback { start, kicked: 0, previous: None }
+    }
+
+    fn due(&self, written: u64) -> bool {
+        written - self.kicked >= WRITEBACK_WINDOW
+    }
+
+    fn kick(&mut self, file: &File, written: u64) {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        let (from, to) = (self.start + self.kicked, self.start + written);
+        // Best effort: an error here only means the final fsync does all the work.
+        // SAFETY: plain syscalls on a file descriptor we own; no memory is passed.
+        unsafe {
+            if let Some((a, b)) = self.previous {
+                libc::sync_file_range(fd, a as i64, (b - a) as i64, libc::SYNC_FILE_RANGE_WAIT_BEFORE);
+            }
+            libc::sync_file_range(fd, from as i64, (to - from) as i64, libc::SYNC_FILE_RANGE_WRITE);
+        }
+        self.previous = Some((from, to));
+        self.kicked = written;
+    }
 }
 
 impl FsStorage {

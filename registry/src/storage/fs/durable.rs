@@ -37,15 +37,24 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Replaces `path` with `bytes` atomically: readers see the old or the new content.
+/// Replaces `path` with `bytes` atomically and durably: readers see the old or the
+/// new content, and after a crash the new content is there.
 pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(tmp_dir, path, bytes, true)
+}
+
+/// Replaces `path` atomically, syncing only when `durable`: for state that may be
+/// lost in a machine crash without losing anything acknowledged.
+pub fn replace(tmp_dir: &Path, path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let parent = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
     ensure_dir(parent)?;
     let mut tmp = NamedTempFile::new_in(tmp_dir)?;
     tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
+    if durable {
+        tmp.as_file().sync_all()?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(parent)
+    if durable { sync_dir(parent) } else { Ok(()) }
 }
 
 /// Moves a complete, synced file into place. When `path` already exists (the same
@@ -60,14 +69,15 @@ pub fn publish(from: &Path, path: &Path) -> io::Result<()> {
     sync_dir(parent)
 }
 
-/// Creates an empty marker file durably (a repository link).
+/// Creates an empty marker file durably (a repository link). Only its directory
+/// entry carries information, so syncing the directory is enough.
 pub fn touch(path: &Path) -> io::Result<()> {
     let parent = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
     ensure_dir(parent)?;
     if path.exists() {
         return Ok(());
     }
-    File::create(path)?.sync_all()?;
+    File::create(path)?;
     sync_dir(parent)
 }
 

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::FsStorage;
+use super::cache::{FileId, validated};
 use super::durable::{self, blocking};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -14,7 +15,7 @@ use crate::names::{RepoName, Tag};
 use crate::storage::{Referrer, StoredManifest};
 
 /// What a repository records about one of its manifests.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Revision {
     pub media_type: String,
@@ -29,6 +30,12 @@ fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
 impl FsStorage {
     pub(super) async fn revision(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Revision>> {
         let path = self.revision_link(repo, digest);
+        let Some(id) = FileId::of(&path)? else {
+            return Ok(None);
+        };
+        if let Some(revision) = validated(&self.caches.revisions, &path, id) {
+            return Ok(Some(revision));
+        }
         let Some(bytes) = blocking({
             let path = path.clone();
             move || durable::read_optional(&path)
@@ -37,16 +44,27 @@ impl FsStorage {
         else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| corrupt(&path, e))
+        let revision: Revision = serde_json::from_slice(&bytes).map_err(|e| corrupt(&path, e))?;
+        if let Some(key) = path.to_str() {
+            self.caches.revisions.insert(key.to_owned(), (id, revision.clone()));
+        }
+        Ok(Some(revision))
     }
 
     pub(super) async fn get_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>> {
         let Some(revision) = self.revision(repo, digest).await? else {
             return Ok(None);
         };
+        if let Some(bytes) = self.caches.content.get(digest) {
+            return Ok(Some(StoredManifest { media_type: revision.media_type, bytes }));
+        }
         let path = self.blob_path(digest);
-        let bytes = blocking(move || durable::read_optional(&path)).await?;
-        Ok(bytes.map(|b| StoredManifest { media_type: revision.media_type, bytes: Bytes::from(b) }))
+        let Some(bytes) = blocking(move || durable::read_optional(&path)).await? else {
+            return Ok(None);
+        };
+        let bytes = Bytes::from(bytes);
+        self.caches.content.insert(digest.clone(), bytes.clone());
+        Ok(Some(StoredManifest { media_type: revision.media_type, bytes }))
     }
 
     pub(super) async fn put_manifest(
@@ -112,6 +130,12 @@ impl FsStorage {
 
     pub(super) async fn get_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
         let path = self.tags_dir(repo).join(tag.as_str());
+        let Some(id) = FileId::of(&path)? else {
+            return Ok(None);
+        };
+        if let Some(digest) = validated(&self.caches.tags, &path, id) {
+            return Ok(Some(digest));
+        }
         let Some(bytes) = blocking({
             let path = path.clone();
             move || durable::read_optional(&path)
@@ -121,7 +145,11 @@ impl FsStorage {
             return Ok(None);
         };
         let text = String::from_utf8(bytes).map_err(|e| corrupt(&path, e))?;
-        text.parse().map(Some).map_err(|e| corrupt(&path, e))
+        let digest: Digest = text.parse().map_err(|e| corrupt(&path, e))?;
+        if let Some(key) = path.to_str() {
+            self.caches.tags.insert(key.to_owned(), (id, digest.clone()));
+        }
+        Ok(Some(digest))
     }
 
     pub(super) async fn set_tag(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {

@@ -13,6 +13,7 @@
 //! collide with the `_` directories.
 
 mod blobs;
+mod cache;
 mod durable;
 mod meta;
 mod uploads;
@@ -31,6 +32,7 @@ use crate::names::{RepoName, Tag};
 pub struct FsStorage {
     root: PathBuf,
     upload_locks: uploads::Locks,
+    caches: cache::Caches,
 }
 
 impl FsStorage {
@@ -40,7 +42,7 @@ impl FsStorage {
         for dir in ["blobs", "repositories", "uploads", "tmp"] {
             durable::ensure_dir(&root.join(dir))?;
         }
-        Ok(FsStorage { root, upload_locks: uploads::Locks::default() })
+        Ok(FsStorage { root, upload_locks: uploads::Locks::default(), caches: cache::Caches::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -118,8 +120,14 @@ impl Storage for FsStorage {
         self.append_upload(repo, id, chunk, body).await
     }
 
-    async fn upload_complete(&self, repo: &RepoName, id: &str, digest: &Digest) -> Result<u64> {
-        self.complete_upload(repo, id, digest).await
+    async fn upload_finish(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        last: Option<(Chunk, ByteStream)>,
+    ) -> Result<u64> {
+        self.finish_upload(repo, id, digest, last).await
     }
 
     async fn upload_cancel(&self, repo: &RepoName, id: &str) -> Result<()> {

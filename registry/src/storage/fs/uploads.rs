@@ -3,8 +3,8 @@
 //! `state.json` the acknowledged size and the hasher's saved state.
 //!
 //! A chunk is acknowledged only after its bytes are synced and the new state is
-//! atomically in place. Bytes beyond the recorded size (a chunk that was being
-//! written when the process died) are cut off before the next write.
+//! atomically and durably in place. Bytes beyond the recorded size (a chunk that
+//! was being written when the process died) are cut off before the next write.
 
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom};
@@ -55,6 +55,8 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl FsStorage {
+    /// A new session. Its creation is not synced: losing an empty session in a
+    /// machine crash loses nothing acknowledged (the client starts over).
     pub(super) async fn start_upload(&self, repo: &RepoName, algorithm: Algorithm) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
         let dir = self.upload_dir(&id);
@@ -68,9 +70,9 @@ impl FsStorage {
         };
         let json = serde_json::to_vec(&state).map_err(|e| Error::Internal(e.to_string()))?;
         blocking(move || {
-            durable::ensure_dir(&dir)?;
+            std::fs::create_dir(&dir)?;
             std::fs::File::create(dir.join("data"))?;
-            durable::write_atomic(&tmp_dir, &dir.join("state.json"), &json)
+            durable::replace(&tmp_dir, &dir.join("state.json"), &json, false)
         })
         .await?;
         Ok(id)
@@ -90,16 +92,17 @@ impl FsStorage {
         Ok(state)
     }
 
-    async fn save_upload(&self, id: &str, state: &UploadState) -> Result<()> {
-        let path = self.upload_dir(id).join("state.json");
-        let tmp_dir = self.tmp_dir();
-        let json = serde_json::to_vec(state).map_err(|e| Error::Internal(e.to_string()))?;
-        blocking(move || durable::write_atomic(&tmp_dir, &path, &json)).await
-    }
-
-    pub(super) async fn append_upload(&self, repo: &RepoName, id: &str, chunk: Chunk, body: ByteStream) -> Result<u64> {
-        let _guard = self.upload_locks.lock(id).await;
-        let mut state = self.load_upload(repo, id).await?;
+    /// Writes a chunk after the acknowledged bytes (cutting off anything a crashed
+    /// write left beyond them) and returns the new size and hash state. The caller
+    /// holds the session's lock and decides whether to record the new state.
+    async fn append_locked(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        state: &UploadState,
+        chunk: Chunk,
+        body: ByteStream,
+    ) -> Result<(u64, Hasher)> {
         if let Some(start) = chunk.start
             && start != state.offset
         {
@@ -130,23 +133,48 @@ impl FsStorage {
                 written.len
             )));
         }
-        state.offset += written.len;
-        state.hash_state = written.hasher.save();
-        self.save_upload(id, &state).await?;
+        Ok((offset + written.len, written.hasher))
+    }
+
+    /// A chunk is acknowledged once its bytes are synced and the new state is
+    /// durably in place.
+    pub(super) async fn append_upload(&self, repo: &RepoName, id: &str, chunk: Chunk, body: ByteStream) -> Result<u64> {
+        let _guard = self.upload_locks.lock(id).await;
+        let mut state = self.load_upload(repo, id).await?;
+        let (offset, hasher) = self.append_locked(repo, id, &state, chunk, body).await?;
+        state.offset = offset;
+        state.hash_state = hasher.save();
+        let path = self.upload_dir(id).join("state.json");
+        let tmp_dir = self.tmp_dir();
+        let json = serde_json::to_vec(&state).map_err(|e| Error::Internal(e.to_string()))?;
+        blocking(move || durable::write_atomic(&tmp_dir, &path, &json)).await?;
         Ok(state.offset)
     }
 
-    pub(super) async fn complete_upload(&self, repo: &RepoName, id: &str, digest: &Digest) -> Result<u64> {
+    pub(super) async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        last: Option<(Chunk, ByteStream)>,
+    ) -> Result<u64> {
         let _guard = self.upload_locks.lock(id).await;
         let state = self.load_upload(repo, id).await?;
+        // The last chunk needs no state record of its own: the blob is published
+        // (or the session dropped) right after it.
+        let (size, hasher) = match last {
+            Some((chunk, body)) => {
+                let (size, hasher) = self.append_locked(repo, id, &state, chunk, body).await?;
+                (size, Some(hasher))
+            }
+            None => (state.offset, Hasher::restore(state.algorithm, &state.hash_state)),
+        };
         let dir = self.upload_dir(id);
         let data = dir.join("data");
-        let actual = if state.algorithm == digest.algorithm() {
-            Hasher::restore(state.algorithm, &state.hash_state)
-                .ok_or_else(|| Error::Internal(format!("upload {id} has a damaged hash state")))?
-                .finish()
-        } else {
-            Self::hash_file(data.clone(), state.offset, digest.algorithm()).await?
+        let actual = match hasher {
+            Some(h) if h.algorithm() == digest.algorithm() => h.finish(),
+            Some(_) => Self::hash_file(data.clone(), size, digest.algorithm()).await?,
+            None => return Err(Error::Internal(format!("upload {id} has a damaged hash state"))),
         };
         if actual != *digest {
             let dir = dir.clone();
@@ -154,11 +182,10 @@ impl FsStorage {
             return Err(Error::DigestMismatch);
         }
         let target = self.blob_path(digest);
-        let offset = state.offset;
         blocking(move || {
             let file = OpenOptions::new().write(true).open(&data)?;
-            if file.metadata()?.len() != offset {
-                file.set_len(offset)?;
+            if file.metadata()?.len() != size {
+                file.set_len(size)?;
                 file.sync_all()?;
             }
             durable::publish(&data, &target)
@@ -166,7 +193,7 @@ impl FsStorage {
         .await?;
         self.link_blob(repo, digest).await?;
         blocking(move || std::fs::remove_dir_all(&dir)).await?;
-        Ok(offset)
+        Ok(size)
     }
 
     pub(super) async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
