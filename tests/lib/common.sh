@@ -13,6 +13,7 @@ GO_TOOLS=(
   "conformance github.com/opencontainers/distribution-spec/conformance v0.0.0-20260831232431-97274622c111"
   "crane github.com/google/go-containerregistry/cmd/crane v0.22.1"
   "oras oras.land/oras/cmd/oras v1.3.6"
+  "registry github.com/distribution/distribution/v3/cmd/registry v3.1.1"
 )
 
 # Path of a pinned Go tool, installing it into the cache on first use.

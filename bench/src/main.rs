@@ -1,0 +1,162 @@
+//! `berth-bench`: berth-registry against the Distribution registry (v3, and
+//! Debian's 2.8) and nginx, measured interleaved in one run so the ratios hold on a
+//! noisy machine. Prints a Markdown table (and writes it with `--out`).
+
+mod servers;
+mod workloads;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+use servers::{Binaries, Kind, Server};
+use workloads::*;
+
+#[derive(Parser)]
+struct Args {
+    /// Size of the large blob, MiB.
+    #[arg(long, default_value_t = 512)]
+    blob_mib: usize,
+    /// Rounds; each server is measured once per round, in turn, and the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Small blobs pushed per round.
+    #[arg(long, default_value_t = 2000)]
+    small_blobs: usize,
+    /// Seconds of manifest load per measurement.
+    #[arg(long, default_value_t = 5)]
+    load_secs: u64,
+    /// Size of the push whose peak RSS is reported, GiB (0 to skip).
+    #[arg(long, default_value_t = 4)]
+    rss_gib: usize,
+    #[arg(long, env = "BERTH_REGISTRY_BIN")]
+    berth: PathBuf,
+    #[arg(long, env = "DISTRIBUTION_BIN")]
+    distribution: PathBuf,
+    #[arg(long, default_value = "/usr/bin/docker-registry")]
+    debian_registry: PathBuf,
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx: PathBuf,
+    /// Also write the table to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+const REGISTRIES: [Kind; 3] = [Kind::Berth, Kind::Distribution, Kind::DebianRegistry];
+
+/// metric -> server -> samples
+type Samples = BTreeMap<&'static str, BTreeMap<&'static str, Vec<f64>>>;
+
+fn record(s: &mut Samples, metric: &'static str, kind: Kind, v: f64) {
+    s.entry(metric).or_default().entry(kind.label()).or_default().push(v);
+}
+
+fn mbps(bytes: u64, d: std::time::Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let bins = Binaries {
+        berth: args.berth.clone(),
+        distribution: args.distribution.clone(),
+        debian_registry: args.debian_registry.clone(),
+        nginx: args.nginx.clone(),
+    };
+    let client = reqwest::Client::new();
+    let work = tempfile::tempdir().unwrap();
+    let mut s = Samples::new();
+    eprintln!("generating {} MiB blobs", args.blob_mib);
+    let mono = Blob::generate(args.blob_mib, 1, 1);
+    let chunked = Blob::generate(args.blob_mib, 1, 2);
+
+    for round in 0..args.rounds {
+        for kind in REGISTRIES {
+            eprintln!("round {round}: {}", kind.label());
+            let server = Server::start(kind, &bins).await;
+            let repo = "bench/large";
+            let d = push_monolithic(&client, &server.base, repo, &mono).await;
+            record(&mut s, "large push, monolithic (MB/s)", kind, mbps(mono.len(), d));
+            let d = push_chunked(&client, &server.base, repo, &chunked).await;
+            record(&mut s, "large push, 16 MiB chunks (MB/s)", kind, mbps(chunked.len(), d));
+            let (n, d) = pull(&client, &format!("{}/v2/{repo}/blobs/{}", server.base, mono.digest)).await;
+            assert_eq!(n, mono.len());
+            record(&mut s, "large pull (MB/s)", kind, mbps(n, d));
+            let rate = small_blobs(&server.base, "bench/small", args.small_blobs, 8, round as u64).await;
+            record(&mut s, "4 KiB blob push, 8 clients (blobs/s)", kind, rate);
+            let url = push_image(&client, &server.base, "bench/image").await;
+            let get = wrk(&url, "GET", args.load_secs, work.path());
+            record(&mut s, "manifest GET by tag, 32 conns (req/s)", kind, get.rps);
+            record(&mut s, "manifest GET p99 (ms)", kind, get.p99_ms);
+            let head = wrk(&url, "HEAD", args.load_secs, work.path());
+            record(&mut s, "manifest HEAD by tag, 32 conns (req/s)", kind, head.rps);
+            record(&mut s, "manifest HEAD p99 (ms)", kind, head.p99_ms);
+        }
+        eprintln!("round {round}: nginx");
+        let nginx = Server::start(Kind::Nginx, &bins).await;
+        let file = nginx.dir.path().join("www/blob");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&file).unwrap();
+            for c in &mono.chunks {
+                f.write_all(c).unwrap();
+            }
+        }
+        let (n, d) = pull(&client, &format!("{}/blob", nginx.base)).await;
+        assert_eq!(n, mono.len());
+        record(&mut s, "large pull (MB/s)", Kind::Nginx, mbps(n, d));
+    }
+
+    if args.rss_gib > 0 {
+        let big = Blob::generate(16, args.rss_gib * 64, 3);
+        for kind in [Kind::Berth, Kind::Distribution] {
+            eprintln!("{} GiB push: {}", args.rss_gib, kind.label());
+            let server = Server::start(kind, &bins).await;
+            let d = push_monolithic(&client, &server.base, "bench/huge", &big).await;
+            record(&mut s, "peak RSS during a large push (MiB)", kind, server.peak_rss_kib() as f64 / 1024.0);
+            record(&mut s, "huge push, monolithic (MB/s)", kind, mbps(big.len(), d));
+        }
+    }
+
+    let table = render(&s, &args);
+    println!("{table}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &table).unwrap();
+    }
+}
+
+fn render(s: &Samples, args: &Args) -> String {
+    let columns = [Kind::Berth, Kind::Distribution, Kind::DebianRegistry, Kind::Nginx];
+    let mut out = format!(
+        "Medians of {} interleaved rounds; large blob {} MiB; peak RSS for a {} GiB push.\n\n| metric | {} | berth / distribution v3 |\n|---|{}---|\n",
+        args.rounds,
+        args.blob_mib,
+        args.rss_gib,
+        columns.iter().map(|k| k.label()).collect::<Vec<_>>().join(" | "),
+        "---|".repeat(columns.len())
+    );
+    for (metric, by_server) in s {
+        let cell = |k: Kind| by_server.get(k.label()).map(|v| median(v));
+        let fmt = |v: Option<f64>| v.map(|v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") }).unwrap_or_else(|| "–".into());
+        let ratio = match (cell(Kind::Berth), cell(Kind::Distribution)) {
+            (Some(b), Some(d)) if d > 0.0 => format!("{:.2}x", b / d),
+            _ => "–".into(),
+        };
+        let cells: Vec<String> = columns.iter().map(|k| fmt(cell(*k))).collect();
+        out.push_str(&format!("| {metric} | {} | {ratio} |\n", cells.join(" | ")));
+    }
+    if let (Some(b), Some(n)) = (
+        s.get("large pull (MB/s)").and_then(|m| m.get(Kind::Berth.label())),
+        s.get("large pull (MB/s)").and_then(|m| m.get(Kind::Nginx.label())),
+    ) {
+        out.push_str(&format!("\nberth pull / nginx sendfile pull: {:.2}\n", median(b) / median(n)));
+    }
+    out
+}
