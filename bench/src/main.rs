@@ -71,7 +71,6 @@ async fn main() {
         nginx: args.nginx.clone(),
     };
     let client = reqwest::Client::new();
-    let work = tempfile::tempdir().unwrap();
     let mut s = Samples::new();
     eprintln!("generating {} MiB blobs", args.blob_mib);
     let mono = Blob::generate(args.blob_mib, 1, 1);
@@ -91,11 +90,11 @@ async fn main() {
             record(&mut s, "large pull (MB/s)", kind, mbps(n, d));
             let rate = small_blobs(&server.base, "bench/small", args.small_blobs, 8, round as u64).await;
             record(&mut s, "4 KiB blob push, 8 clients (blobs/s)", kind, rate);
-            let url = push_image(&client, &server.base, "bench/image").await;
-            let get = wrk(&url, "GET", args.load_secs, work.path());
+            let path = push_image(&client, &server.base, "bench/image").await;
+            let get = load(&server.base, &path, "GET", 32, args.load_secs).await;
             record(&mut s, "manifest GET by tag, 32 conns (req/s)", kind, get.rps);
             record(&mut s, "manifest GET p99 (ms)", kind, get.p99_ms);
-            let head = wrk(&url, "HEAD", args.load_secs, work.path());
+            let head = load(&server.base, &path, "HEAD", 32, args.load_secs).await;
             record(&mut s, "manifest HEAD by tag, 32 conns (req/s)", kind, head.rps);
             record(&mut s, "manifest HEAD p99 (ms)", kind, head.p99_ms);
         }
@@ -104,10 +103,12 @@ async fn main() {
         let file = nginx.dir.path().join("www/blob");
         {
             use std::io::Write;
+            use std::os::unix::fs::PermissionsExt;
             let mut f = std::fs::File::create(&file).unwrap();
             for c in &mono.chunks {
                 f.write_all(c).unwrap();
             }
+            f.set_permissions(std::fs::Permissions::from_mode(0o644)).unwrap();
         }
         let (n, d) = pull(&client, &format!("{}/blob", nginx.base)).await;
         assert_eq!(n, mono.len());

@@ -54,10 +54,19 @@ fn distribution_config(dir: &Path, port: u16) -> PathBuf {
 fn nginx_config(dir: &Path, port: u16) -> PathBuf {
     let path = dir.join("nginx.conf");
     let d = dir.display();
+    // Run as root, nginx's workers would switch to an unprivileged user that
+    // cannot reach files below /root.
+    use std::os::unix::fs::MetadataExt;
+    let user = if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) == 0 { "user root;\n" } else { "" };
     let conf = format!(
-        "daemon off;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n  }}\n}}\n"
+        "{user}daemon off;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n  }}\n}}\n"
     );
     std::fs::create_dir_all(dir.join("www")).unwrap();
+    // nginx's workers drop privileges; let them read the served file.
+    use std::os::unix::fs::PermissionsExt;
+    for d in [dir.to_path_buf(), dir.join("www")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     std::fs::write(&path, conf).unwrap();
     path

@@ -164,7 +164,7 @@ pub async fn small_blobs(base: &str, repo: &str, count: usize, clients: usize, s
     count as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Pushes a one-layer OCI image tagged `latest`; returns the manifest URL.
+/// Pushes a one-layer OCI image tagged `latest`; returns the manifest's path.
 pub async fn push_image(client: &Client, base: &str, repo: &str) -> String {
     let config = Bytes::from_static(b"{}");
     let layer = Bytes::from(vec![7u8; 1024]);
@@ -182,16 +182,16 @@ pub async fn push_image(client: &Client, base: &str, repo: &str) -> String {
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": descriptors[0].0, "size": descriptors[0].1},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": descriptors[1].0, "size": descriptors[1].1}]
     });
-    let url = format!("{base}/v2/{repo}/manifests/latest");
+    let path = format!("/v2/{repo}/manifests/latest");
     let r = client
-        .put(&url)
+        .put(format!("{base}{path}"))
         .header("content-type", "application/vnd.oci.image.manifest.v1+json")
         .body(serde_json::to_vec(&manifest).unwrap())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    url
+    path
 }
 
 pub struct Load {
@@ -199,43 +199,62 @@ pub struct Load {
     pub p99_ms: f64,
 }
 
-/// Runs wrk with 32 connections against `url` for `secs` seconds.
-pub fn wrk(url: &str, method: &str, secs: u64, work: &std::path::Path) -> Load {
-    let script = work.join(format!("{method}.lua"));
-    std::fs::write(
-        &script,
-        format!("wrk.method = \"{method}\"\nwrk.headers[\"Accept\"] = \"application/vnd.oci.image.manifest.v1+json\"\n"),
-    )
-    .unwrap();
-    let out = std::process::Command::new("wrk")
-        .args(["-t2", "-c32", &format!("-d{secs}s"), "--latency", "-s"])
-        .arg(&script)
-        .arg(url)
-        .output()
-        .expect("running wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"));
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| parse_wrk_time(v.trim()))
-        .unwrap_or(f64::NAN);
-    Load { rps, p99_ms: p99 }
-}
-
-fn parse_wrk_time(v: &str) -> f64 {
-    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
-    let n: f64 = num.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        "m" => n * 60_000.0,
-        _ => f64::NAN,
+/// Keeps `conns` keep-alive connections busy with `method` requests for `path`
+/// for `secs` seconds. A raw HTTP/1.1 loop rather than an HTTP library, so the
+/// client costs as little CPU as possible (and, unlike wrk, handles HEAD).
+pub async fn load(base: &str, path: &str, method: &str, conns: usize, secs: u64) -> Load {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://").to_owned();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/vnd.oci.image.manifest.v1+json\r\n\r\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let (addr, request) = (addr.clone(), request.clone());
+            let head = method == "HEAD";
+            tokio::spawn(async move {
+                let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let mut latencies = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    stream.write_all(request.as_bytes()).await.unwrap();
+                    let mut filled = 0;
+                    let header_end = loop {
+                        let n = stream.read(&mut buf[filled..]).await.unwrap();
+                        assert!(n > 0, "server closed the connection");
+                        filled += n;
+                        if let Some(i) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let headers = std::str::from_utf8(&buf[..header_end]).unwrap().to_ascii_lowercase();
+                    assert!(headers.starts_with("http/1.1 200"), "unexpected response: {headers}");
+                    let length: usize = headers
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap_or(0);
+                    let body = if head { 0 } else { length };
+                    let mut have = filled - header_end;
+                    while have < body {
+                        let n = stream.read(&mut buf).await.unwrap();
+                        assert!(n > 0, "server closed the connection");
+                        have += n;
+                    }
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
     }
+    all.sort();
+    let p99 = all[(all.len() * 99 / 100).min(all.len() - 1)];
+    Load { rps: all.len() as f64 / secs as f64, p99_ms: p99.as_secs_f64() * 1000.0 }
 }

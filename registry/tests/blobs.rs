@@ -42,6 +42,14 @@ async fn range_requests() {
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.bytes().await.unwrap(), body[995..]);
 
+    // Large blobs are served from a memory map; ranges at unaligned offsets too.
+    let large: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let large_digest = reg.push_blob("r", &large).await;
+    let r = reg.req(Method::GET, &format!("/v2/r/blobs/{large_digest}")).header("range", "bytes=300001-2999998").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap(), large[300_001..2_999_999]);
+    assert_eq!(reg.get(&format!("/v2/r/blobs/{large_digest}")).await.bytes().await.unwrap(), large);
+
     for bad in ["bytes=1000-", "bytes=500-0"] {
         let r = reg.req(Method::GET, &path).header("range", bad).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{bad}");

@@ -5,14 +5,10 @@ use std::ops::Range;
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio_util::io::ReaderStream;
 
 use super::{App, Req, header_value, parse_digest};
 use crate::error::{Error, Result};
 use crate::names::RepoName;
-
-/// Bytes per read when streaming a blob; tokio's 4 KiB default is far too small.
-const READ_CHUNK: usize = 256 * 1024;
 
 pub async fn get(app: &App, repo: &RepoName, digest: &str, req: Req, head: bool) -> Result<Response> {
     let digest = parse_digest(digest)?;
@@ -25,8 +21,7 @@ pub async fn get(app: &App, repo: &RepoName, digest: &str, req: Req, head: bool)
     let body = if head || span.is_empty() {
         Body::empty()
     } else {
-        let reader = app.storage.blob_read(repo, &digest, span.clone()).await?;
-        Body::from_stream(ReaderStream::with_capacity(reader, READ_CHUNK))
+        Body::from_stream(app.storage.blob_read(repo, &digest, span.clone()).await?)
     };
     let mut response = (status, body).into_response();
     let h = response.headers_mut();

@@ -16,7 +16,6 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
-use tokio::io::AsyncRead;
 
 use crate::digest::{Algorithm, Digest};
 use crate::error::Result;
@@ -27,7 +26,6 @@ pub use fs::FsStorage;
 
 /// A request body as it arrives: never collected whole in memory.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
-pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
 
 /// A manifest as pushed: its bytes and the media type it was pushed with.
 #[derive(Clone, Debug)]
@@ -57,7 +55,7 @@ pub trait Storage: Send + Sync + 'static {
     /// The size of a blob that is linked into `repo`, or `None`.
     async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>>;
     /// Reads `range` of a blob linked into `repo` (the caller checked the range).
-    async fn blob_read(&self, repo: &RepoName, digest: &Digest, range: Range<u64>) -> Result<BlobReader>;
+    async fn blob_read(&self, repo: &RepoName, digest: &Digest, range: Range<u64>) -> Result<ByteStream>;
     /// Unlinks a blob from `repo`; `false` when it was not linked.
     async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
     /// Links a stored blob into `to` when it is readable from `from` (or, with no

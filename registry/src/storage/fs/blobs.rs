@@ -6,15 +6,18 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::FsStorage;
 use super::durable::{self, blocking};
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::names::RepoName;
-use crate::storage::{BlobReader, ByteStream};
+use crate::storage::ByteStream;
 
+/// Reads up to this size are copied instead of mapped.
+const SMALL_READ: u64 = 256 * 1024;
+/// Bytes handed to the HTTP layer at a time when serving a mapped blob.
+const SEND_CHUNK: usize = 1 << 20;
 /// Large writes keep syscalls few while a body streams in.
 const WRITE_BUFFER: usize = 1 << 20;
 /// Chunks in flight between the network task and the writer thread.
@@ -125,19 +128,37 @@ impl FsStorage {
         .await
     }
 
-    pub(super) async fn read_blob(&self, repo: &RepoName, digest: &Digest, range: Range<u64>) -> Result<BlobReader> {
+    /// Maps the blob into memory and hands out slices of the mapping, so serving it
+    /// copies the bytes once (into the socket) as sendfile would. Small reads are
+    /// plain reads.
+    pub(super) async fn read_blob(&self, repo: &RepoName, digest: &Digest, range: Range<u64>) -> Result<ByteStream> {
         if !self.layer_link(repo, digest).exists() {
             return Err(Error::BlobUnknown);
         }
-        let mut file = match tokio::fs::File::open(self.blob_path(digest)).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::BlobUnknown),
-            Err(e) => return Err(e.into()),
-        };
-        if range.start > 0 {
-            file.seek(SeekFrom::Start(range.start)).await?;
-        }
-        Ok(Box::pin(file.take(range.end - range.start)))
+        let path = self.blob_path(digest);
+        let bytes = blocking(move || {
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let len = range.end - range.start;
+            if len <= SMALL_READ {
+                let mut buf = vec![0u8; len as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, range.start)?;
+                return Ok(Some(Bytes::from(buf)));
+            }
+            // SAFETY: a published blob is never written again, only unlinked, and a
+            // mapping of an unlinked file stays valid; so the mapped bytes cannot
+            // change or vanish while they are being sent.
+            let map = unsafe { memmap2::MmapOptions::new().offset(range.start).len(len as usize).map(&file)? };
+            let _ = map.advise(memmap2::Advice::Sequential);
+            Ok(Some(Bytes::from_owner(map)))
+        })
+        .await?
+        .ok_or(Error::BlobUnknown)?;
+        let chunks = (0..bytes.len()).step_by(SEND_CHUNK).map(move |at| Ok(bytes.slice(at..(at + SEND_CHUNK).min(bytes.len()))));
+        Ok(Box::pin(futures_util::stream::iter(chunks.collect::<Vec<_>>())))
     }
 
     pub(super) async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {

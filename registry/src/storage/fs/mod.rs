@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{BlobReader, ByteStream, Chunk, Referrer, Storage, StoredManifest};
+use super::{ByteStream, Chunk, Referrer, Storage, StoredManifest};
 use crate::digest::{Algorithm, Digest};
 use crate::error::Result;
 use crate::manifest::ReferrerDescriptor;
@@ -92,7 +92,7 @@ impl Storage for FsStorage {
         self.linked_blob_size(repo, digest).await
     }
 
-    async fn blob_read(&self, repo: &RepoName, digest: &Digest, range: Range<u64>) -> Result<BlobReader> {
+    async fn blob_read(&self, repo: &RepoName, digest: &Digest, range: Range<u64>) -> Result<ByteStream> {
         self.read_blob(repo, digest, range).await
     }
 
