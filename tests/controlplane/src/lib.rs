@@ -1,0 +1,126 @@
+//! A real Kubernetes control plane for tests: etcd and kube-apiserver (optionally
+//! kube-controller-manager), built from pinned Go modules and started on free
+//! loopback ports by the `up` script beside this crate. Dropping the
+//! [`ControlPlane`] stops every process, also when the test panics; if the test
+//! process itself is killed, the watchdog started by `up` cleans up.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SCRIPTS: &str = env!("CARGO_MANIFEST_DIR");
+
+pub struct ControlPlane {
+    dir: PathBuf,
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl ControlPlane {
+    /// etcd and kube-apiserver.
+    pub fn start() -> ControlPlane {
+        Self::launch(false)
+    }
+
+    /// etcd, kube-apiserver and kube-controller-manager (garbage collector,
+    /// deployment, replicaset, namespace, service-account and daemonset controllers).
+    pub fn start_with_controller_manager() -> ControlPlane {
+        Self::launch(true)
+    }
+
+    fn launch(controller_manager: bool) -> ControlPlane {
+        let dir = tempfile::Builder::new().prefix("berth-cp.").tempdir().expect("temp dir").keep();
+        let mut up = Command::new(Path::new(SCRIPTS).join("up"));
+        if controller_manager {
+            up.arg("--controller-manager");
+        }
+        let out = up.arg(&dir).env("BERTH_CP_OWNER_PID", std::process::id().to_string()).output().expect("running up");
+        assert!(out.status.success(), "control plane did not start:\n{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let bin = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("export PATH="))
+            .and_then(|p| p.split(':').next())
+            .map(PathBuf::from)
+            .expect("up printed the binary directory");
+        ControlPlane { kubeconfig: dir.join("kubeconfig"), dir, bin }
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The directory with etcd, kube-apiserver, kube-controller-manager and kubectl.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// A `kubectl` command against this control plane.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new(self.bin.join("kubectl"));
+        c.arg("--kubeconfig").arg(&self.kubeconfig);
+        c
+    }
+
+    /// Runs kubectl with `args` and `stdin`, returning its output whatever the outcome.
+    pub fn kubectl_with_input(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .kubectl()
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running kubectl");
+        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("writing to kubectl");
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// Runs kubectl and returns stdout; panics with stderr when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl().args(args).output().expect("running kubectl");
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Applies YAML from a string; panics when kubectl fails.
+    pub fn apply(&self, yaml: &str) {
+        let out = self.kubectl_with_input(&["apply", "-f", "-"], yaml);
+        assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The pid files of the running processes (for tests of the harness itself).
+    pub fn pids(&self) -> Vec<u32> {
+        ["etcd", "kube-apiserver", "kube-controller-manager"]
+            .iter()
+            .filter_map(|n| std::fs::read_to_string(self.dir.join(format!("{n}.pid"))).ok())
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new(Path::new(SCRIPTS).join("down")).arg(&self.dir).status();
+    }
+}
+
+/// Polls `f` until it returns `Some`, for up to `secs` seconds.
+pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// True while `pid` is a live process (a zombie awaiting its reaper is not).
+pub fn process_running(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
+}
