@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::ops::Range;
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -171,6 +172,33 @@ impl FsStorage {
         blocking(move || durable::touch(&link)).await
     }
 
+    /// Publishes a complete, synced file as blob `digest` and links it into `repo`.
+    /// Both directories are synced after both changes, so one journal commit
+    /// usually covers the two. A blob that is already stored (the same content,
+    /// pushed concurrently or earlier) is kept and `from` dropped.
+    pub(super) async fn publish_blob(&self, from: PathBuf, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let target = self.blob_path(digest);
+        let link = self.layer_link(repo, digest);
+        blocking(move || {
+            let (Some(blob_dir), Some(link_dir)) = (target.parent(), link.parent()) else {
+                return Err(io::Error::other("blob paths have parents"));
+            };
+            durable::ensure_dir(blob_dir)?;
+            durable::ensure_dir(link_dir)?;
+            if target.exists() {
+                std::fs::remove_file(&from)?;
+            } else {
+                std::fs::rename(&from, &target)?;
+            }
+            if !link.exists() {
+                File::create(&link)?;
+            }
+            durable::sync_dir(blob_dir)?;
+            durable::sync_dir(link_dir)
+        })
+        .await
+    }
+
     pub(super) async fn mount_blob(&self, to: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
         let readable = match from {
             Some(from) => self.linked_blob_size(from, digest).await?.is_some(),
@@ -190,19 +218,14 @@ impl FsStorage {
         if written.hasher.finish() != *digest {
             return Err(Error::DigestMismatch); // dropping `tmp` removes the file
         }
-        let target = self.blob_path(digest);
-        blocking(move || {
-            let (_, path) = tmp.keep().map_err(|e| e.error)?;
-            durable::publish(&path, &target)
-        })
-        .await?;
-        self.link_blob(repo, digest).await?;
+        let (_, path) = tmp.keep().map_err(|e| e.error)?;
+        self.publish_blob(path, repo, digest).await?;
         Ok(written.len)
     }
 
     /// Hashes a file from its start; for the rare upload finished with another
     /// algorithm than the one it was hashed with while streaming.
-    pub(super) async fn hash_file(path: std::path::PathBuf, len: u64, algorithm: crate::digest::Algorithm) -> Result<Digest> {
+    pub(super) async fn hash_file(path: PathBuf, len: u64, algorithm: crate::digest::Algorithm) -> Result<Digest> {
         blocking(move || {
             let mut file = File::open(path)?;
             file.seek(SeekFrom::Start(0))?;

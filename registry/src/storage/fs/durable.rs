@@ -57,18 +57,6 @@ pub fn replace(tmp_dir: &Path, path: &Path, bytes: &[u8], durable: bool) -> io::
     if durable { sync_dir(parent) } else { Ok(()) }
 }
 
-/// Moves a complete, synced file into place. When `path` already exists (the same
-/// content-addressed blob, pushed concurrently) the existing file is kept.
-pub fn publish(from: &Path, path: &Path) -> io::Result<()> {
-    let parent = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
-    ensure_dir(parent)?;
-    if path.exists() {
-        return remove_if_exists(from).map(|_| ());
-    }
-    fs::rename(from, path)?;
-    sync_dir(parent)
-}
-
 /// Creates an empty marker file durably (a repository link). Only its directory
 /// entry carries information, so syncing the directory is enough.
 pub fn touch(path: &Path) -> io::Result<()> {

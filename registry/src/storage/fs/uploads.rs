@@ -181,17 +181,17 @@ impl FsStorage {
             blocking(move || std::fs::remove_dir_all(&dir)).await?;
             return Err(Error::DigestMismatch);
         }
-        let target = self.blob_path(digest);
+        let check = data.clone();
         blocking(move || {
-            let file = OpenOptions::new().write(true).open(&data)?;
+            let file = OpenOptions::new().write(true).open(&check)?;
             if file.metadata()?.len() != size {
                 file.set_len(size)?;
                 file.sync_all()?;
             }
-            durable::publish(&data, &target)
+            Ok(())
         })
         .await?;
-        self.link_blob(repo, digest).await?;
+        self.publish_blob(data, repo, digest).await?;
         blocking(move || std::fs::remove_dir_all(&dir)).await?;
         Ok(size)
     }
