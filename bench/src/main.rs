@@ -40,6 +40,9 @@ struct Args {
     /// Also write the table to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Measure only berth (for profiling it).
+    #[arg(long)]
+    berth_only: bool,
 }
 
 const REGISTRIES: [Kind; 3] = [Kind::Berth, Kind::Distribution, Kind::DebianRegistry];
@@ -49,6 +52,12 @@ type Samples = BTreeMap<&'static str, BTreeMap<&'static str, Vec<f64>>>;
 
 fn record(s: &mut Samples, metric: &'static str, kind: Kind, v: f64) {
     s.entry(metric).or_default().entry(kind.label()).or_default().push(v);
+}
+
+/// Flushes every dirty page before a measurement, so no server pays for the
+/// writeback of data another server left unsynced (Distribution never fsyncs).
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
 }
 
 fn mbps(bytes: u64, d: std::time::Duration) -> f64 {
@@ -76,18 +85,22 @@ async fn main() {
     let mono = Blob::generate(args.blob_mib, 1, 1);
     let chunked = Blob::generate(args.blob_mib, 1, 2);
 
+    let registries: &[Kind] = if args.berth_only { &REGISTRIES[..1] } else { &REGISTRIES };
     for round in 0..args.rounds {
-        for kind in REGISTRIES {
+        for &kind in registries {
             eprintln!("round {round}: {}", kind.label());
             let server = Server::start(kind, &bins).await;
             let repo = "bench/large";
+            settle();
             let d = push_monolithic(&client, &server.base, repo, &mono).await;
             record(&mut s, "large push, monolithic (MB/s)", kind, mbps(mono.len(), d));
+            settle();
             let d = push_chunked(&client, &server.base, repo, &chunked).await;
             record(&mut s, "large push, 16 MiB chunks (MB/s)", kind, mbps(chunked.len(), d));
             let (n, d) = pull(&client, &format!("{}/v2/{repo}/blobs/{}", server.base, mono.digest)).await;
             assert_eq!(n, mono.len());
             record(&mut s, "large pull (MB/s)", kind, mbps(n, d));
+            settle();
             let rate = small_blobs(&server.base, "bench/small", args.small_blobs, 8, round as u64).await;
             record(&mut s, "4 KiB blob push, 8 clients (blobs/s)", kind, rate);
             let path = push_image(&client, &server.base, "bench/image").await;
@@ -97,6 +110,9 @@ async fn main() {
             let head = load(&server.base, &path, "HEAD", 32, args.load_secs).await;
             record(&mut s, "manifest HEAD by tag, 32 conns (req/s)", kind, head.rps);
             record(&mut s, "manifest HEAD p99 (ms)", kind, head.p99_ms);
+        }
+        if args.berth_only {
+            continue;
         }
         eprintln!("round {round}: nginx");
         let nginx = Server::start(Kind::Nginx, &bins).await;
@@ -117,9 +133,10 @@ async fn main() {
 
     if args.rss_gib > 0 {
         let big = Blob::generate(16, args.rss_gib * 64, 3);
-        for kind in [Kind::Berth, Kind::Distribution] {
+        for &kind in &registries[..registries.len().min(2)] {
             eprintln!("{} GiB push: {}", args.rss_gib, kind.label());
             let server = Server::start(kind, &bins).await;
+            settle();
             let d = push_monolithic(&client, &server.base, "bench/huge", &big).await;
             record(&mut s, "peak RSS during a large push (MiB)", kind, server.peak_rss_kib() as f64 / 1024.0);
             record(&mut s, "huge push, monolithic (MB/s)", kind, mbps(big.len(), d));

@@ -6,7 +6,7 @@
 //! repositories/<name>/_manifests/revisions/<alg>/<hex>   manifest in the repository (JSON)
 //! repositories/<name>/_manifests/tags/<tag>         digest the tag points at
 //! repositories/<name>/_referrers/<alg>/<subject-hex>/<alg>-<hex>   referrer descriptor
-//! uploads/<id>/{data,state.json}                    upload sessions
+//! repositories/<name>/_uploads/<id>[.json]       upload sessions: data and state
 //! tmp/                                              files being written
 //! ```
 //! Repository names never have components starting with `_` or `.`, so they cannot
@@ -39,7 +39,7 @@ impl FsStorage {
     /// Opens (creating if needed) a storage root.
     pub fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
         let root = root.into();
-        for dir in ["blobs", "repositories", "uploads", "tmp"] {
+        for dir in ["blobs", "repositories", "tmp"] {
             durable::ensure_dir(&root.join(dir))?;
         }
         Ok(FsStorage { root, upload_locks: uploads::Locks::default(), caches: cache::Caches::default() })
@@ -81,9 +81,6 @@ impl FsStorage {
         self.referrers_dir(repo, subject).join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
     }
 
-    fn upload_dir(&self, id: &str) -> PathBuf {
-        self.root.join("uploads").join(id)
-    }
 }
 
 #[async_trait]

@@ -1,6 +1,10 @@
 //! Upload sessions, kept on disk so they survive restarts and can continue on
-//! another replica that shares the volume: `data` holds the bytes received and
-//! `state.json` the acknowledged size and the hasher's saved state.
+//! another replica that shares the volume: `repositories/<name>/_uploads/<id>`
+//! holds the bytes received and `<id>.json` beside it the acknowledged size and
+//! the hasher's saved state. A session without a state file has received nothing
+//! yet and hashes with SHA-256, so starting an upload creates a single empty file
+//! and a blob pushed with POST + PUT allocates no other inode (creating and
+//! deleting files per upload is what an ext4 volume handles worst).
 //!
 //! A chunk is acknowledged only after its bytes are synced and the new state is
 //! atomically and durably in place. Bytes beyond the recorded size (a chunk that
@@ -9,7 +13,7 @@
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -42,11 +46,15 @@ impl Locks {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UploadState {
-    pub repo: String,
     pub algorithm: Algorithm,
     pub offset: u64,
     pub hash_state: String,
-    pub started_unix: u64,
+}
+
+impl UploadState {
+    fn new(algorithm: Algorithm) -> Self {
+        UploadState { algorithm, offset: 0, hash_state: Hasher::new(algorithm).save() }
+    }
 }
 
 /// Upload ids are UUIDs; anything else never reaches the filesystem.
@@ -55,24 +63,30 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl FsStorage {
+    fn session(&self, repo: &RepoName, id: &str) -> (PathBuf, PathBuf) {
+        let dir = self.repo_dir(repo).join("_uploads");
+        (dir.join(id), dir.join(format!("{id}.json")))
+    }
+
     /// A new session. Its creation is not synced: losing an empty session in a
     /// machine crash loses nothing acknowledged (the client starts over).
     pub(super) async fn start_upload(&self, repo: &RepoName, algorithm: Algorithm) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
-        let dir = self.upload_dir(&id);
+        let (data, state_path) = self.session(repo, &id);
         let tmp_dir = self.tmp_dir();
-        let state = UploadState {
-            repo: repo.to_string(),
-            algorithm,
-            offset: 0,
-            hash_state: Hasher::new(algorithm).save(),
-            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        };
-        let json = serde_json::to_vec(&state).map_err(|e| Error::Internal(e.to_string()))?;
+        let state = (algorithm != Algorithm::Sha256)
+            .then(|| serde_json::to_vec(&UploadState::new(algorithm)))
+            .transpose()
+            .map_err(|e| Error::Internal(e.to_string()))?;
         blocking(move || {
-            std::fs::create_dir(&dir)?;
-            std::fs::File::create(dir.join("data"))?;
-            durable::replace(&tmp_dir, &dir.join("state.json"), &json, false)
+            if let Some(parent) = data.parent() {
+                durable::ensure_dir(parent)?;
+            }
+            std::fs::File::create(&data)?;
+            if let Some(json) = state {
+                durable::replace(&tmp_dir, &state_path, &json, false)?;
+            }
+            Ok(())
         })
         .await?;
         Ok(id)
@@ -82,14 +96,14 @@ impl FsStorage {
         if !valid_id(id) {
             return Err(Error::UploadUnknown);
         }
-        let path = self.upload_dir(id).join("state.json");
-        let bytes = blocking(move || durable::read_optional(&path)).await?.ok_or(Error::UploadUnknown)?;
-        let state: UploadState = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Internal(format!("upload {id} has a damaged state file: {e}")))?;
-        if state.repo != repo.as_str() {
-            return Err(Error::UploadUnknown);
+        let (data, state_path) = self.session(repo, id);
+        let (exists, bytes) = blocking(move || Ok((data.exists(), durable::read_optional(&state_path)?))).await?;
+        match (exists, bytes) {
+            (false, _) => Err(Error::UploadUnknown),
+            (true, None) => Ok(UploadState::new(Algorithm::Sha256)),
+            (true, Some(bytes)) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Internal(format!("upload {id} has a damaged state file: {e}"))),
         }
-        Ok(state)
     }
 
     /// Writes a chunk after the acknowledged bytes (cutting off anything a crashed
@@ -114,7 +128,7 @@ impl FsStorage {
         }
         let hasher = Hasher::restore(state.algorithm, &state.hash_state)
             .ok_or_else(|| Error::Internal(format!("upload {id} has a damaged hash state")))?;
-        let data = self.upload_dir(id).join("data");
+        let (data, _) = self.session(repo, id);
         let offset = state.offset;
         let file = blocking(move || {
             let mut file = OpenOptions::new().write(true).open(&data)?;
@@ -144,10 +158,10 @@ impl FsStorage {
         let (offset, hasher) = self.append_locked(repo, id, &state, chunk, body).await?;
         state.offset = offset;
         state.hash_state = hasher.save();
-        let path = self.upload_dir(id).join("state.json");
+        let (_, state_path) = self.session(repo, id);
         let tmp_dir = self.tmp_dir();
         let json = serde_json::to_vec(&state).map_err(|e| Error::Internal(e.to_string()))?;
-        blocking(move || durable::write_atomic(&tmp_dir, &path, &json)).await?;
+        blocking(move || durable::write_atomic(&tmp_dir, &state_path, &json)).await?;
         Ok(state.offset)
     }
 
@@ -169,16 +183,14 @@ impl FsStorage {
             }
             None => (state.offset, Hasher::restore(state.algorithm, &state.hash_state)),
         };
-        let dir = self.upload_dir(id);
-        let data = dir.join("data");
+        let (data, state_path) = self.session(repo, id);
         let actual = match hasher {
             Some(h) if h.algorithm() == digest.algorithm() => h.finish(),
             Some(_) => Self::hash_file(data.clone(), size, digest.algorithm()).await?,
             None => return Err(Error::Internal(format!("upload {id} has a damaged hash state"))),
         };
         if actual != *digest {
-            let dir = dir.clone();
-            blocking(move || std::fs::remove_dir_all(&dir)).await?;
+            blocking(move || remove_session(&data, &state_path)).await?;
             return Err(Error::DigestMismatch);
         }
         let check = data.clone();
@@ -192,14 +204,25 @@ impl FsStorage {
         })
         .await?;
         self.publish_blob(data, repo, digest).await?;
-        blocking(move || std::fs::remove_dir_all(&dir)).await?;
+        blocking(move || durable::remove_if_exists(&state_path).map(|_| ())).await?;
         Ok(size)
     }
 
     pub(super) async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         let _guard = self.upload_locks.lock(id).await;
         self.load_upload(repo, id).await?;
-        let dir = self.upload_dir(id);
-        blocking(move || std::fs::remove_dir_all(&dir)).await
+        let (data, state_path) = self.session(repo, id);
+        blocking(move || remove_session(&data, &state_path)).await
     }
+}
+
+fn remove_session(data: &std::path::Path, state: &std::path::Path) -> std::io::Result<()> {
+    for path in [state, data] {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
