@@ -58,6 +58,7 @@ pub struct UploadsConfig {
     pub anonymous_mount: bool,
     /// Smallest chunk the registry asks clients to send (`OCI-Chunk-Min-Length`);
     /// 0 leaves the choice to clients.
+    #[schemars(with = "i64", range(min = 0))]
     pub chunk_min_length: u64,
 }
 
@@ -74,6 +75,27 @@ pub struct ManifestsConfig {
     pub oci: OciHandlers,
     pub docker: DockerHandlers,
     pub validation: ValidationConfig,
+}
+
+impl ManifestsConfig {
+    /// Compiles the URL patterns, returning the first error.
+    pub fn url_patterns(&self) -> Result<(Vec<regex::Regex>, Vec<regex::Regex>), String> {
+        let compile = |patterns: &[String], what: &str| -> Result<Vec<regex::Regex>, String> {
+            patterns
+                .iter()
+                .map(|p| regex::Regex::new(p).map_err(|e| format!("manifests.validation.urls.{what}: {e}")))
+                .collect()
+        };
+        Ok((compile(&self.validation.urls.allow, "allow")?, compile(&self.validation.urls.deny, "deny")?))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.url_patterns()?;
+        if self.validation.max_size == 0 {
+            return Err("manifests.validation.maxSize must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -117,6 +139,7 @@ pub struct ValidationConfig {
     /// (`MANIFEST_BLOB_UNKNOWN`). Foreign and non-distributable layers are exempt.
     pub blob_references: bool,
     /// Largest manifest accepted, in bytes.
+    #[schemars(with = "i64", range(min = 1))]
     pub max_size: u64,
     /// URLs allowed on foreign (non-distributable) layers.
     pub urls: UrlPolicy,
@@ -232,11 +255,7 @@ impl Config {
 
     /// Checks what serde cannot: patterns compile, limits are sane.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        crate::manifest::Policy::new(&self.manifests).map_err(ConfigError::Invalid)?;
-        if self.manifests.validation.max_size == 0 {
-            return Err(ConfigError::Invalid("manifests.validation.maxSize must be positive".into()));
-        }
-        Ok(())
+        self.manifests.validate().map_err(ConfigError::Invalid)
     }
 }
 

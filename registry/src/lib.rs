@@ -1,13 +1,24 @@
 //! berth-registry: an OCI distribution-spec v1.1 registry with crash-safe
 //! filesystem storage and configurable manifest handlers.
+//!
+//! Without the default `server` feature only [`config`] is built: the typed
+//! configuration that the operator renders for the registry.
 
-pub mod api;
 pub mod config;
+
+#[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
 pub mod digest;
+#[cfg(feature = "server")]
 pub mod error;
+#[cfg(feature = "server")]
 pub mod manifest;
+#[cfg(feature = "server")]
 pub mod names;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod storage;
 
 pub use config::Config;

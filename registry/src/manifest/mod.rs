@@ -121,17 +121,8 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(config: &ManifestsConfig) -> Result<Self, String> {
-        let compile = |patterns: &[String], what: &str| -> Result<Vec<Regex>, String> {
-            patterns
-                .iter()
-                .map(|p| Regex::new(p).map_err(|e| format!("manifests.validation.urls.{what}: {e}")))
-                .collect()
-        };
-        Ok(Policy {
-            allow: compile(&config.validation.urls.allow, "allow")?,
-            deny: compile(&config.validation.urls.deny, "deny")?,
-            config: config.clone(),
-        })
+        let (allow, deny) = config.url_patterns()?;
+        Ok(Policy { allow, deny, config: config.clone() })
     }
 
     pub fn max_size(&self) -> u64 {
