@@ -1,0 +1,218 @@
+//! The `Registry` custom resource: what users `kubectl apply` to get an
+//! in-cluster registry. The manifest handlers and validation policies are the
+//! registry's own configuration type, so the CRD and the registry cannot drift.
+
+use std::collections::BTreeMap;
+
+use berth_registry::config::ManifestsConfig;
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "berth.dev";
+/// Condition types reported in `status.conditions`.
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// An OCI/Docker registry running in the cluster, storing images on a PersistentVolume.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "berth.dev",
+    version = "v1alpha1",
+    kind = "Registry",
+    namespaced,
+    status = "RegistryStatus",
+    shortname = "reg",
+    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.readyReplicas"),
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self.replicas <= 1 || self.storage.accessModes.exists(m, m == 'ReadWriteMany')").message("more than one replica needs storage.accessModes to include ReadWriteMany"))]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrySpec {
+    /// Number of registry pods. More than one needs ReadWriteMany storage.
+    #[serde(default = "one")]
+    #[x_kube(validation = Rule::new("self >= 0").message("replicas must not be negative"))]
+    pub replicas: i32,
+    /// Container image of the registry; defaults to the image the operator was built with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory requests and limits of the registry container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels the registry pods must run on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the registry pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity rules of the registry pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Annotations added to the registry pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+    /// The PersistentVolumeClaim that holds the images.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Manifest handlers (one per media type) and how pushed manifests are validated.
+    #[serde(default)]
+    pub manifests: ManifestsConfig,
+    /// Allow deleting blobs, manifests and tags through the registry API.
+    #[serde(default = "yes")]
+    pub delete_enabled: bool,
+    /// Refuse pushes and deletes; pulls keep working.
+    #[serde(default)]
+    pub read_only: bool,
+    /// The Service in front of the registry pods.
+    #[serde(default)]
+    pub service: ServiceSpec,
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The volume for images. Its size may grow but not shrink.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0").message("storage.size may grow but not shrink"))]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested capacity, e.g. `20Gi`.
+    #[serde(default = "default_size")]
+    pub size: Quantity,
+    /// StorageClass of the claim; the cluster default when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Access modes of the claim.
+    #[serde(default = "default_access_modes")]
+    pub access_modes: Vec<AccessMode>,
+    /// What happens to the claim when the Registry is deleted.
+    #[serde(default)]
+    pub retention_policy: RetentionPolicy,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_size(),
+            storage_class_name: None,
+            access_modes: default_access_modes(),
+            retention_policy: RetentionPolicy::default(),
+        }
+    }
+}
+
+fn default_size() -> Quantity {
+    Quantity("10Gi".into())
+}
+
+fn default_access_modes() -> Vec<AccessMode> {
+    vec![AccessMode::ReadWriteOnce]
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessMode {
+    ReadWriteOnce,
+    ReadWriteMany,
+    ReadWriteOncePod,
+    ReadOnlyMany,
+}
+
+impl AccessMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::ReadWriteOnce => "ReadWriteOnce",
+            AccessMode::ReadWriteMany => "ReadWriteMany",
+            AccessMode::ReadWriteOncePod => "ReadWriteOncePod",
+            AccessMode::ReadOnlyMany => "ReadOnlyMany",
+        }
+    }
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RetentionPolicy {
+    /// Keep the claim (and the images) when the Registry is deleted.
+    #[default]
+    Retain,
+    /// Delete the claim together with the Registry.
+    Delete,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Port the Service listens on.
+    #[serde(default = "default_port")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
+    pub port: i32,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec { type_: ServiceType::default(), port: default_port() }
+    }
+}
+
+fn default_port() -> i32 {
+    5000
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// What the operator observed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing and Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Registry pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Where the registry answers inside the cluster: `<service>.<namespace>.svc:<port>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// The CRD as YAML, as committed in `manifests/crds/`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    format!(
+        "# Generated by `cargo run -p berth-crds --bin crdgen`; do not edit.\n{}",
+        serde_saphyr::to_string(&Registry::crd()).expect("the CRD serialises")
+    )
+}
