@@ -1,0 +1,235 @@
+//! The reconciler: one flat pass that applies the objects built by
+//! [`crate::resources`], skipping any whose applied hash already matches, and
+//! writes status only when it changed. Idle means no writes at all.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_crds::{Registry, RetentionPolicy};
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::metrics::{ErrorLabels, Metrics};
+use crate::resources::{self, OWNER_UID, applied_hash, quantity_bytes, with_applied_hash};
+use crate::status;
+
+/// Field manager of every server-side apply, and the finalizer's name.
+pub const MANAGER: &str = "berth-operator";
+pub const FINALIZER: &str = "berth.dev/cleanup";
+/// How often an unchanged Registry is looked at again.
+const RESYNC: Duration = Duration::from_secs(300);
+
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// Registry image used when a Registry names none.
+    pub image: String,
+    failures: Mutex<HashMap<ObjectRef<Registry>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, image: String) -> Arc<Self> {
+        let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: None });
+        Arc::new(Context { client, metrics, recorder, image, failures: Mutex::default() })
+    }
+
+    /// Publishes an event; `action` names what was acted on, so events about
+    /// different objects are not folded into one series.
+    async fn event(&self, reg: &Registry, type_: EventType, reason: &str, action: &str, note: String) {
+        self.metrics.writes.inc();
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &reg.object_ref(&())).await {
+            tracing::warn!(error = %e, "publishing an event failed");
+        }
+    }
+}
+
+/// Runs the controller until shutdown.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let registries = Api::<Registry>::all(client.clone());
+    Controller::new(registries, watcher::Config::default().any_semantic())
+        .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile attempt ended with an error");
+            }
+        })
+        .await;
+}
+
+pub async fn reconcile(reg: Arc<Registry>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start();
+    let namespace = reg.namespace().ok_or_else(|| Error::Invalid("a Registry is namespaced".into()))?;
+    let api = Api::<Registry>::namespaced(ctx.client.clone(), &namespace);
+    let action = finalizer(&api, FINALIZER, reg.clone(), |event| async {
+        match event {
+            Finalizer::Apply(reg) => apply(&reg, &ctx).await,
+            Finalizer::Cleanup(reg) => cleanup(&reg, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    ctx.failures.lock().expect("not poisoned").remove(&ObjectRef::from_obj(&*reg));
+    Ok(action)
+}
+
+/// Backs off exponentially per Registry: 5 s, 10 s, ... up to 5 minutes.
+pub fn error_policy(reg: Arc<Registry>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failures.get_or_create(&ErrorLabels { error: error.metric_label().into() }).inc();
+    let mut failures = ctx.failures.lock().expect("not poisoned");
+    let n = failures.entry(ObjectRef::from_obj(&*reg)).or_insert(0);
+    *n = (*n + 1).min(6);
+    let delay = Duration::from_secs(5 << (*n - 1)).min(RESYNC);
+    tracing::warn!(registry = %status::display(&reg), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+enum Change {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Server-side applies `desired` unless the live object already carries its hash.
+async fn apply_if_changed<K>(ctx: &Context, api: &Api<K>, desired: K) -> Result<Change>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let desired = with_applied_hash(desired);
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let existing = api.get_opt(&name).await?;
+    if existing.as_ref().is_some_and(|e| applied_hash(e) == applied_hash(&desired)) {
+        return Ok(Change::Unchanged);
+    }
+    ctx.metrics.writes.inc();
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired)).await?;
+    Ok(if existing.is_some() { Change::Updated } else { Change::Created })
+}
+
+/// Creates the claim, or grows it; never touches a claim created for something else.
+async fn ensure_claim(ctx: &Context, reg: &Registry, api: &Api<PersistentVolumeClaim>) -> Result<Change> {
+    let desired = resources::claim(reg);
+    let name = resources::claim_name(reg);
+    if let Some(existing) = api.get_opt(&name).await? {
+        let owner = existing.metadata.annotations.as_ref().and_then(|a| a.get(OWNER_UID));
+        if owner.map(String::as_str) != reg.uid().as_deref() {
+            return Err(Error::ForeignClaim(name));
+        }
+        let size = |pvc: &PersistentVolumeClaim| {
+            pvc.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?.get("storage").and_then(|q| quantity_bytes(&q.0))
+        };
+        if size(&desired) < size(&existing) {
+            return Ok(Change::Unchanged); // never shrink; the CRD refuses it too
+        }
+    }
+    apply_if_changed(ctx, api, desired).await
+}
+
+async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
+    let namespace = reg.namespace().unwrap_or_default();
+    let client = ctx.client.clone();
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
+
+    let mut changes = Vec::new();
+    let mut problem = None;
+    match ensure_claim(ctx, reg, &claims).await {
+        Ok(change) => changes.push(("PersistentVolumeClaim", change)),
+        Err(e @ Error::ForeignClaim(_)) => problem = Some(e.to_string()),
+        Err(e) => return fail(reg, ctx, e).await,
+    }
+    if problem.is_none() {
+        let steps = async {
+            let cm = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
+            changes.push(("ConfigMap", apply_if_changed(ctx, &cm, resources::config_map(reg)).await?));
+            changes.push(("Deployment", apply_if_changed(ctx, &deployments, resources::deployment(reg, &ctx.image)).await?));
+            let svc = Api::<Service>::namespaced(client.clone(), &namespace);
+            changes.push(("Service", apply_if_changed(ctx, &svc, resources::service(reg)).await?));
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = steps.await {
+            return fail(reg, ctx, e).await;
+        }
+    }
+    for (kind, change) in &changes {
+        match change {
+            Change::Created => ctx.event(reg, EventType::Normal, "Created", kind, format!("created {kind}")).await,
+            Change::Updated => ctx.event(reg, EventType::Normal, "Updated", kind, format!("updated {kind}")).await,
+            Change::Unchanged => {}
+        }
+    }
+    let deployment = deployments.get_opt(&reg.name_any()).await?;
+    let became_degraded = problem.is_some() && !is_degraded(reg);
+    write_status(reg, ctx, deployment.as_ref(), problem.as_deref()).await?;
+    if let (true, Some(p)) = (became_degraded, problem) {
+        ctx.event(reg, EventType::Warning, "Degraded", "Reconcile", p).await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+fn is_degraded(reg: &Registry) -> bool {
+    reg.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == berth_crds::DEGRADED && c.status == "True"))
+}
+
+/// Reports a failed step in the status and as an event, then hands the error
+/// to the error policy.
+async fn fail(reg: &Registry, ctx: &Context, error: Error) -> Result<Action> {
+    let message = error.to_string();
+    if !is_degraded(reg) {
+        ctx.event(reg, EventType::Warning, "Failed", "Reconcile", message.clone()).await;
+    }
+    let namespace = reg.namespace().unwrap_or_default();
+    let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &namespace).get_opt(&reg.name_any()).await.ok().flatten();
+    let _ = write_status(reg, ctx, deployment.as_ref(), Some(&message)).await;
+    Err(error)
+}
+
+async fn write_status(reg: &Registry, ctx: &Context, deployment: Option<&Deployment>, problem: Option<&str>) -> Result<()> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let status = status::desired(reg, deployment, problem, now);
+    if reg.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    ctx.metrics.writes.inc();
+    let api = Api::<Registry>::namespaced(ctx.client.clone(), &reg.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(&reg.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// On deletion: delete the claim if the retention policy says so; owned objects
+/// are garbage-collected through their owner references.
+async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action> {
+    if reg.spec.storage.retention_policy == RetentionPolicy::Delete {
+        let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &reg.namespace().unwrap_or_default());
+        let name = resources::claim_name(reg);
+        if let Some(existing) = claims.get_opt(&name).await? {
+            let owner = existing.metadata.annotations.as_ref().and_then(|a| a.get(OWNER_UID));
+            if owner.map(String::as_str) == reg.uid().as_deref() {
+                ctx.metrics.writes.inc();
+                claims.delete(&name, &DeleteParams::default()).await?;
+                ctx.event(reg, EventType::Normal, "Deleted", "PersistentVolumeClaim", format!("deleted PersistentVolumeClaim {name}")).await;
+            }
+        }
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,28 @@
+//! The operator's one error type.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("{0}")]
+    Invalid(String),
+    /// A claim with the Registry's volume name exists but was not created for it.
+    #[error("PersistentVolumeClaim {0} exists and does not belong to this Registry; it is left alone")]
+    ForeignClaim(String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::Invalid(_) => "invalid",
+            Error::ForeignClaim(_) => "foreign_claim",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,11 @@
+//! berth-operator: reconciles `Registry` resources (berth.dev/v1alpha1) into a
+//! ConfigMap with the registry's configuration, a PersistentVolumeClaim, a
+//! Deployment and a Service.
+
+pub mod controller;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod resources;
+pub mod status;
+pub mod telemetry;

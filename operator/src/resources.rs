@@ -1,0 +1,261 @@
+//! Pure functions from a Registry to the objects that run it. Tested without a
+//! cluster; the reconciler only applies what these return.
+
+use std::collections::BTreeMap;
+
+use berth_crds::{AccessMode, Registry};
+use berth_registry::config::{Config, LogFormat};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+/// Where the registry listens inside its container.
+pub const REGISTRY_PORT: i32 = 5000;
+pub const CONFIG_DIR: &str = "/etc/berth";
+pub const CONFIG_FILE: &str = "config.yaml";
+pub const DATA_DIR: &str = "/var/lib/berth";
+/// Unprivileged user and group the registry runs as.
+pub const RUN_AS: i64 = 65532;
+/// Hash of the rendered config in the pod template: a config change rolls the pods.
+pub const CONFIG_HASH: &str = "berth.dev/config-hash";
+/// Hash of everything the operator applied to an object: equal means nothing to do.
+pub const APPLIED_HASH: &str = "berth.dev/applied-hash";
+/// UID of the Registry a claim was created for; claims without it are never adopted.
+pub const OWNER_UID: &str = "berth.dev/registry-uid";
+
+pub fn labels(reg: &Registry) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "berth-registry".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), reg.name_any()),
+        ("app.kubernetes.io/managed-by".to_owned(), "berth-operator".to_owned()),
+    ])
+}
+
+pub fn config_map_name(reg: &Registry) -> String {
+    format!("{}-config", reg.name_any())
+}
+
+pub fn claim_name(reg: &Registry) -> String {
+    format!("{}-data", reg.name_any())
+}
+
+fn owner(reg: &Registry) -> OwnerReference {
+    reg.controller_owner_ref(&()).expect("a Registry read from the API has a uid")
+}
+
+fn meta(reg: &Registry, name: String, owned: bool) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: reg.namespace(),
+        labels: Some(labels(reg)),
+        owner_references: owned.then(|| vec![owner(reg)]),
+        ..Default::default()
+    }
+}
+
+/// The registry's own configuration for this Registry.
+pub fn registry_config(reg: &Registry) -> Config {
+    let mut config = Config::default();
+    config.listen = format!("0.0.0.0:{REGISTRY_PORT}");
+    config.storage.root = DATA_DIR.into();
+    config.delete_enabled = reg.spec.delete_enabled;
+    config.read_only = reg.spec.read_only;
+    config.manifests = reg.spec.manifests.clone();
+    config.log.format = LogFormat::Json;
+    config
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+pub fn config_map(reg: &Registry) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(reg, config_map_name(reg), true),
+        data: Some(BTreeMap::from([(CONFIG_FILE.to_owned(), registry_config(reg).to_yaml())])),
+        ..Default::default()
+    }
+}
+
+fn read_write_many(reg: &Registry) -> bool {
+    reg.spec.storage.access_modes.contains(&AccessMode::ReadWriteMany)
+}
+
+pub fn claim(reg: &Registry) -> PersistentVolumeClaim {
+    let mut metadata = meta(reg, claim_name(reg), false);
+    metadata.annotations = Some(BTreeMap::from([(OWNER_UID.to_owned(), reg.uid().unwrap_or_default())]));
+    let storage = &reg.spec.storage;
+    PersistentVolumeClaim {
+        metadata,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(storage.access_modes.iter().map(|m| m.as_str().to_owned()).collect()),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_owned(), storage.size.clone())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
+    let spec = &reg.spec;
+    let config = registry_config(reg).to_yaml();
+    let mut annotations = spec.pod_annotations.clone();
+    annotations.insert(CONFIG_HASH.to_owned(), sha256_hex(config.as_bytes()));
+    let probe = |initial: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/v2/".into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(10),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "registry".into(),
+        image: Some(spec.image.clone().unwrap_or_else(|| default_image.to_owned())),
+        command: Some(vec!["berth-registry".into()]),
+        args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/{CONFIG_FILE}")]),
+        ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: REGISTRY_PORT, ..Default::default() }]),
+        readiness_probe: Some(probe(1)),
+        liveness_probe: Some(probe(10)),
+        resources: spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount { name: "config".into(), mount_path: CONFIG_DIR.into(), read_only: Some(true), ..Default::default() },
+            VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..Default::default() },
+        ]),
+        ..Default::default()
+    };
+    let pod = PodSpec {
+        containers: vec![container],
+        automount_service_account_token: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            fs_group: Some(RUN_AS),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        volumes: Some(vec![
+            Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource { name: config_map_name(reg), ..Default::default() }),
+                ..Default::default()
+            },
+            Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim_name(reg),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ]),
+        node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+        tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+        affinity: spec.affinity.clone(),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: meta(reg, reg.name_any(), true),
+        spec: DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector { match_labels: Some(labels(reg)), ..Default::default() },
+            // Two pods cannot share a ReadWriteOnce volume: replace, do not overlap.
+            strategy: Some(DeploymentStrategy {
+                type_: Some(if read_write_many(reg) { "RollingUpdate" } else { "Recreate" }.into()),
+                ..Default::default()
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels(reg)), annotations: Some(annotations), ..Default::default() }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+pub fn service(reg: &Registry) -> Service {
+    Service {
+        metadata: meta(reg, reg.name_any(), true),
+        spec: Some(ServiceSpec {
+            type_: Some(reg.spec.service.type_.as_str().into()),
+            selector: Some(labels(reg)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: reg.spec.service.port,
+                target_port: Some(IntOrString::String("http".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The in-cluster address of the registry.
+pub fn endpoint(reg: &Registry) -> String {
+    format!("{}.{}.svc:{}", reg.name_any(), reg.namespace().unwrap_or_default(), reg.spec.service.port)
+}
+
+/// Marks an object with the hash of its desired content, so an unchanged object
+/// is recognised without comparing server-side defaults.
+pub fn with_applied_hash<K: Resource + serde::Serialize>(mut obj: K) -> K {
+    let hash = sha256_hex(&serde_json::to_vec(&obj).expect("objects serialise"));
+    obj.meta_mut().annotations.get_or_insert_with(BTreeMap::new).insert(APPLIED_HASH.to_owned(), hash);
+    obj
+}
+
+pub fn applied_hash<K: Resource>(obj: &K) -> Option<&str> {
+    obj.meta().annotations.as_ref()?.get(APPLIED_HASH).map(String::as_str)
+}
+
+/// Bytes in a Kubernetes quantity such as `10Gi`, `500M` or `1e9`; `None` when unparsable.
+pub fn quantity_bytes(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let split = q.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E').unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        _ => return None,
+    };
+    Some(n * factor)
+}
+
+#[cfg(test)]
+mod tests;

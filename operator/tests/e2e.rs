@@ -1,0 +1,262 @@
+//! The operator against a real kube-apiserver and kube-controller-manager.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use berth_testcontrolplane::{ControlPlane, eventually};
+use serde_json::Value;
+
+const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/crds/registry.yaml");
+const IMAGE: &str = "registry.example.test/berth:e2e";
+
+struct Operator {
+    child: Child,
+    metrics: String,
+}
+
+impl Operator {
+    fn start(cp: &ControlPlane) -> Operator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = tempfile::NamedTempFile::new().unwrap().keep().unwrap().1;
+        let child = Command::new(env!("CARGO_BIN_EXE_berth-operator"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--lease-namespace", "default", "--registry-image", IMAGE])
+            .env("KUBECONFIG", cp.kubeconfig())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let op = Operator { child, metrics: format!("http://127.0.0.1:{port}/metrics") };
+        assert!(eventually(30, || op.metric("berth_operator_reconciliations_total")).is_some(), "operator did not start; log in {}", log.display());
+        op
+    }
+
+    fn metric(&self, name: &str) -> Option<u64> {
+        let text = http::get(&self.metrics)?;
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).map(|v| v as u64)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny blocking GET, so tests need no runtime.
+mod http {
+    pub fn get(url: &str) -> Option<String> {
+        let out = std::process::Command::new("curl").args(["-fsS", "--max-time", "5", url]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn json(cp: &ControlPlane, args: &[&str]) -> Option<Value> {
+    let out = cp.kubectl().args(args).args(["-o", "json"]).output().unwrap();
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn setup() -> (ControlPlane, Operator) {
+    let cp = ControlPlane::start_with_controller_manager();
+    cp.kubectl_ok(&["apply", "-f", CRD]);
+    cp.kubectl_ok(&["wait", "--for=condition=Established", "crd/registries.berth.dev", "--timeout=30s"]);
+    let op = Operator::start(&cp);
+    (cp, op)
+}
+
+fn registry(name: &str, spec: &str) -> String {
+    format!("apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+}
+
+fn wait_for(cp: &ControlPlane, what: &[&str]) -> Value {
+    eventually(60, || json(cp, what)).unwrap_or_else(|| panic!("{what:?} never appeared"))
+}
+
+fn condition(reg: &Value, type_: &str) -> Option<(String, String)> {
+    reg["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
+        (c["status"].as_str().unwrap_or_default().to_owned(), c["message"].as_str().unwrap_or_default().to_owned())
+    })
+}
+
+#[test]
+fn registry_lifecycle() {
+    let (cp, op) = setup();
+    // A bound claim of an expandable class, so that growing it is allowed.
+    cp.apply("apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: expandable}\nprovisioner: kubernetes.io/no-provisioner\nallowVolumeExpansion: true\n");
+    cp.apply("apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: demo-pv}\nspec: {capacity: {storage: 100Gi}, accessModes: [ReadWriteOnce], storageClassName: expandable, hostPath: {path: /tmp/berth-demo-pv}}\n");
+    cp.apply(&registry("demo", "{manifests: {docker: {schema1: true}}, storage: {storageClassName: expandable}}"));
+    let deployment = wait_for(&cp, &["get", "deployment", "demo"]);
+    let reg = eventually(60, || json(&cp, &["get", "registry", "demo"]).filter(|r| r["status"]["endpoint"].is_string()))
+        .expect("status written");
+    let uid = reg["metadata"]["uid"].as_str().unwrap().to_owned();
+
+    // Children, owned by the Registry; the claim only marked.
+    for kind in ["deployment/demo", "service/demo", "configmap/demo-config"] {
+        let obj = json(&cp, &["get", kind]).unwrap();
+        assert_eq!(obj["metadata"]["ownerReferences"][0]["uid"], uid.as_str(), "{kind} not owned");
+    }
+    let pvc = json(&cp, &["get", "pvc", "demo-data"]).unwrap();
+    assert!(pvc["metadata"]["ownerReferences"].is_null());
+    assert_eq!(pvc["metadata"]["annotations"]["berth.dev/registry-uid"], uid.as_str());
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "10Gi");
+    assert_eq!(deployment["spec"]["template"]["spec"]["containers"][0]["image"], IMAGE);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    let config = json(&cp, &["get", "configmap", "demo-config"]).unwrap();
+    let parsed = berth_registry::Config::from_yaml(config["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert!(parsed.manifests.docker.schema1);
+
+    assert_eq!(reg["status"]["endpoint"], "demo.default.svc:5000");
+    assert_eq!(condition(&reg, "Ready").unwrap().0, "False", "no kubelet runs, so no pod is ready");
+    assert_eq!(condition(&reg, "Degraded").unwrap().0, "False");
+    let events = json(&cp, &["get", "events", "--field-selector", "involvedObject.kind=Registry,involvedObject.name=demo"]).unwrap();
+    let notes: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
+    for kind in ["PersistentVolumeClaim", "ConfigMap", "Deployment", "Service"] {
+        assert!(notes.contains(&format!("created {kind}").as_str()), "no event for {kind}: {notes:?}");
+    }
+    let printed = cp.kubectl_ok(&["get", "reg", "demo"]);
+    assert!(printed.contains("demo.default.svc:5000") && printed.contains("READY"), "{printed}");
+
+    // Idle: a reconcile that finds nothing to change writes nothing.
+    let stable = eventually(60, || {
+        let before = op.metric("berth_operator_api_writes_total")?;
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        (op.metric("berth_operator_api_writes_total")? == before).then_some(before)
+    })
+    .expect("the operator kept writing");
+    let reconciles = op.metric("berth_operator_reconciliations_total").unwrap();
+    cp.kubectl_ok(&["label", "deployment", "demo", "poke=1"]);
+    assert!(eventually(30, || (op.metric("berth_operator_reconciliations_total")? > reconciles).then_some(())).is_some());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(op.metric("berth_operator_api_writes_total"), Some(stable), "writes while idle");
+
+    // A manifests change reaches the ConfigMap and rolls the pods.
+    let hash = |d: &Value| d["spec"]["template"]["metadata"]["annotations"]["berth.dev/config-hash"].as_str().map(str::to_owned);
+    let old_hash = hash(&deployment);
+    cp.kubectl_ok(&["patch", "registry", "demo", "--type", "merge", "-p", r#"{"spec":{"manifests":{"oci":{"imageIndex":false}}}}"#]);
+    assert!(eventually(60, || {
+        let cm = json(&cp, &["get", "configmap", "demo-config"])?;
+        let config = berth_registry::Config::from_yaml(cm["data"]["config.yaml"].as_str()?).ok()?;
+        (!config.manifests.oci.image_index).then_some(())
+    })
+    .is_some());
+    assert!(eventually(60, || (hash(&json(&cp, &["get", "deployment", "demo"])?) != old_hash).then_some(())).is_some());
+
+    // Storage grows, never shrinks; invalid Registries are refused by the API server.
+    assert!(eventually(60, || (json(&cp, &["get", "pvc", "demo-data"])?["status"]["phase"] == "Bound").then_some(())).is_some());
+    cp.kubectl_ok(&["patch", "registry", "demo", "--type", "merge", "-p", r#"{"spec":{"storage":{"size":"20Gi"}}}"#]);
+    assert!(eventually(60, || (json(&cp, &["get", "pvc", "demo-data"])?["spec"]["resources"]["requests"]["storage"] == "20Gi").then_some(())).is_some());
+    let shrink = cp.kubectl().args(["patch", "registry", "demo", "--type", "merge", "-p", r#"{"spec":{"storage":{"size":"1Gi"}}}"#]).output().unwrap();
+    assert!(String::from_utf8_lossy(&shrink.stderr).contains("storage.size may grow but not shrink"));
+    let out = cp.kubectl_with_input(&["apply", "-f", "-"], &registry("bad", "{replicas: 2}"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more than one replica needs storage.accessModes to include ReadWriteMany"));
+
+    // Deleting keeps the claim (Retain), the owned objects are garbage-collected.
+    cp.kubectl_ok(&["delete", "registry", "demo", "--wait=true", "--timeout=60s"]);
+    for kind in ["deployment/demo", "service/demo", "configmap/demo-config"] {
+        assert!(eventually(60, || json(&cp, &["get", kind]).is_none().then_some(())).is_some(), "{kind} not collected");
+    }
+    assert!(json(&cp, &["get", "pvc", "demo-data"]).is_some(), "retained claim deleted");
+}
+
+#[test]
+fn retention_delete_and_foreign_claims() {
+    let (cp, _op) = setup();
+    cp.apply(&registry("temp", "{storage: {retentionPolicy: Delete}}"));
+    wait_for(&cp, &["get", "pvc", "temp-data"]);
+    cp.kubectl_ok(&["delete", "registry", "temp", "--wait=true", "--timeout=60s"]);
+    let pvc_gone = eventually(60, || {
+        // No kubelet or PV controller runs, so a deleted claim may linger on its protection finalizer.
+        match json(&cp, &["get", "pvc", "temp-data"]) {
+            None => Some(()),
+            Some(p) => p["metadata"]["deletionTimestamp"].is_string().then_some(()),
+        }
+    });
+    assert!(pvc_gone.is_some(), "claim not deleted with its Registry");
+
+    cp.apply("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: taken-data}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n");
+    cp.apply(&registry("taken", "{}"));
+    let reg = eventually(60, || json(&cp, &["get", "registry", "taken"]).filter(|r| condition(r, "Degraded").is_some_and(|c| c.0 == "True")))
+        .expect("a foreign claim must degrade the Registry");
+    assert!(condition(&reg, "Degraded").unwrap().1.contains("does not belong to this Registry"));
+    let pvc = json(&cp, &["get", "pvc", "taken-data"]).unwrap();
+    assert!(pvc["metadata"]["annotations"]["berth.dev/registry-uid"].is_null(), "foreign claim was adopted");
+    assert!(json(&cp, &["get", "deployment", "taken"]).is_none(), "a Deployment would mount someone else's claim");
+}
+
+/// Plays the kubelet for the registry pod: runs `berth-registry` with exactly the
+/// command, args and user the operator rendered, with the ConfigMap's content at
+/// the mounted config path and an empty directory as the volume (in a private
+/// mount and network namespace), then pushes and pulls an image with crane.
+#[test]
+fn the_rendered_pod_runs_the_registry() {
+    let (cp, _op) = setup();
+    cp.apply(&registry("play", "{}"));
+    let d = wait_for(&cp, &["get", "deployment", "play"]);
+    let cm = wait_for(&cp, &["get", "configmap", "play-config"]);
+    let pod = &d["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let strings = |v: &Value| v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let command = [strings(&container["command"]), strings(&container["args"])].concat();
+    let user = container["securityContext"]["runAsUser"].as_i64().unwrap();
+    let mounts: Vec<(String, String)> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap().to_owned(), m["mountPath"].as_str().unwrap().to_owned()))
+        .collect();
+
+    let work = tempfile::tempdir().unwrap();
+    let config_dir = work.path().join("config");
+    let data_dir = work.path().join("data");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::create_dir_all(&data_dir).unwrap();
+    for (file, content) in cm["data"].as_object().unwrap() {
+        std::fs::write(config_dir.join(file), content.as_str().unwrap()).unwrap();
+    }
+    let mut binds = String::new();
+    for (name, path) in &mounts {
+        let source = if name == "config" { &config_dir } else { &data_dir };
+        binds += &format!("mkdir -p '{path}' && mount --bind '{}' '{path}'\n", source.display());
+    }
+    let registry_bin = std::env::var_os("BERTH_REGISTRY_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("berth-registry")
+    });
+    let crane = std::env::var_os("BERTH_CRANE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/berth/gobin/crane-v0.22.1/crane")
+    });
+    assert!(registry_bin.exists() && crane.exists(), "needs {} and {} (tests/run provides both)", registry_bin.display(), crane.display());
+    let bin_dir = work.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    std::fs::copy(&registry_bin, bin_dir.join("berth-registry")).unwrap();
+    std::os::unix::fs::chown(&data_dir, Some(user as u32), Some(user as u32)).unwrap();
+    std::fs::write(work.path().join("layer.txt"), "hello from a pod").unwrap();
+    let quoted: Vec<String> = command.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        r#"set -e
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+ip link set lo up
+{binds}
+export PATH='{bin}':$PATH
+chmod 755 '{work}' '{bin}'
+setpriv --reuid {user} --regid {user} --clear-groups {command} > '{work}/registry.log' 2>&1 &
+for i in $(seq 1 100); do curl -fs http://127.0.0.1:5000/v2/ >/dev/null && break; sleep 0.1; done
+cd '{work}' && tar -cf layer.tar layer.txt
+'{crane}' append -f layer.tar -t 127.0.0.1:5000/play/app:v1 > pushed.txt 2>/dev/null
+'{crane}' export 127.0.0.1:5000/play/app:v1 - | tar -xO layer.txt
+"#,
+        bin = bin_dir.display(),
+        work = work.path().display(),
+        crane = crane.display(),
+        command = quoted.join(" "),
+    );
+    let out = Command::new("unshare").args(["--mount", "--net", "--fork", "--kill-child", "bash", "-c", &script]).output().unwrap();
+    let log = std::fs::read_to_string(work.path().join("registry.log")).unwrap_or_default();
+    assert!(out.status.success(), "pod run failed: {}\nregistry log:\n{log}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from a pod");
+    // The image landed on the volume, written by the unprivileged user.
+    let blobs = data_dir.join("blobs/sha256");
+    assert!(blobs.exists(), "no blobs on the volume");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&blobs).unwrap().uid(), user as u32);
+}
