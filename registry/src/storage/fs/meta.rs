@@ -1,6 +1,8 @@
 //! Manifests, tags, referrers and the repository list.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use quick_cache::sync::Cache;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -27,28 +29,39 @@ fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("{} is damaged: {e}", path.display()))
 }
 
+/// Reads a small metadata file through `cache`, where an entry counts only while
+/// the file keeps the identity it had when the entry was made.
+async fn read_cached<V: Clone>(
+    cache: &Cache<String, (FileId, V)>,
+    path: PathBuf,
+    parse: impl FnOnce(&Path, Vec<u8>) -> Result<V>,
+) -> Result<Option<V>> {
+    let Some(id) = FileId::of(&path)? else {
+        return Ok(None);
+    };
+    if let Some(value) = validated(cache, &path, id) {
+        return Ok(Some(value));
+    }
+    let Some(bytes) = blocking({
+        let path = path.clone();
+        move || durable::read_optional(&path)
+    })
+    .await?
+    else {
+        return Ok(None);
+    };
+    let value = parse(&path, bytes)?;
+    if let Some(key) = path.to_str() {
+        cache.insert(key.to_owned(), (id, value.clone()));
+    }
+    Ok(Some(value))
+}
+
 impl FsStorage {
     pub(super) async fn revision(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Revision>> {
         let path = self.revision_link(repo, digest);
-        let Some(id) = FileId::of(&path)? else {
-            return Ok(None);
-        };
-        if let Some(revision) = validated(&self.caches.revisions, &path, id) {
-            return Ok(Some(revision));
-        }
-        let Some(bytes) = blocking({
-            let path = path.clone();
-            move || durable::read_optional(&path)
-        })
-        .await?
-        else {
-            return Ok(None);
-        };
-        let revision: Revision = serde_json::from_slice(&bytes).map_err(|e| corrupt(&path, e))?;
-        if let Some(key) = path.to_str() {
-            self.caches.revisions.insert(key.to_owned(), (id, revision.clone()));
-        }
-        Ok(Some(revision))
+        read_cached(&self.caches.revisions, path, |path, bytes| serde_json::from_slice(&bytes).map_err(|e| corrupt(path, e)))
+            .await
     }
 
     pub(super) async fn get_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>> {
@@ -130,26 +143,11 @@ impl FsStorage {
 
     pub(super) async fn get_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
         let path = self.tags_dir(repo).join(tag.as_str());
-        let Some(id) = FileId::of(&path)? else {
-            return Ok(None);
-        };
-        if let Some(digest) = validated(&self.caches.tags, &path, id) {
-            return Ok(Some(digest));
-        }
-        let Some(bytes) = blocking({
-            let path = path.clone();
-            move || durable::read_optional(&path)
+        read_cached(&self.caches.tags, path, |path, bytes| {
+            let text = String::from_utf8(bytes).map_err(|e| corrupt(path, e))?;
+            text.parse().map_err(|e| corrupt(path, e))
         })
-        .await?
-        else {
-            return Ok(None);
-        };
-        let text = String::from_utf8(bytes).map_err(|e| corrupt(&path, e))?;
-        let digest: Digest = text.parse().map_err(|e| corrupt(&path, e))?;
-        if let Some(key) = path.to_str() {
-            self.caches.tags.insert(key.to_owned(), (id, digest.clone()));
-        }
-        Ok(Some(digest))
+        .await
     }
 
     pub(super) async fn set_tag(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
