@@ -141,6 +141,11 @@ fn registry_lifecycle() {
     })
     .is_some());
     assert!(eventually(60, || (hash(&json(&cp, &["get", "deployment", "demo"])?) != old_hash).then_some(())).is_some());
+    let updated = eventually(30, || {
+        let events = json(&cp, &["get", "events", "--field-selector", "involvedObject.kind=Registry,involvedObject.name=demo"])?;
+        events["items"].as_array()?.iter().any(|e| e["message"] == "updated ConfigMap").then_some(())
+    });
+    assert!(updated.is_some(), "no event for the updated ConfigMap");
 
     // Storage grows, never shrinks; invalid Registries are refused by the API server.
     assert!(eventually(60, || (json(&cp, &["get", "pvc", "demo-data"])?["status"]["phase"] == "Bound").then_some(())).is_some());
@@ -259,4 +264,20 @@ cd '{work}' && tar -cf layer.tar layer.txt
     assert!(blobs.exists(), "no blobs on the volume");
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&blobs).unwrap().uid(), user as u32);
+}
+
+#[test]
+fn only_the_lease_holder_reconciles() {
+    let (cp, first) = setup();
+    let second = Operator::start(&cp);
+    cp.apply(&registry("one", "{}"));
+    wait_for(&cp, &["get", "deployment", "one"]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let counts = [&first, &second].map(|op| op.metric("berth_operator_reconciliations_total").unwrap());
+    assert!(counts.iter().filter(|&&n| n == 0).count() == 1, "exactly one operator must be idle: {counts:?}");
+    let (leader, follower) = if counts[0] > 0 { (first, second) } else { (second, first) };
+    drop(leader); // killed: its Lease expires and the other takes over
+    cp.apply(&registry("two", "{}"));
+    assert!(eventually(60, || json(&cp, &["get", "deployment", "two"])).is_some(), "the follower never took over");
+    assert!(follower.metric("berth_operator_reconciliations_total").unwrap() > 0);
 }
