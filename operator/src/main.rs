@@ -14,7 +14,7 @@ struct Args {
     #[arg(long, env = "BERTH_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
     listen: String,
     /// Registry image for Registries that name none: the one this operator was built with.
-    #[arg(long, env = "BERTH_REGISTRY_IMAGE", default_value = concat!("ghcr.io/berth-dev/berth:", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, env = "BERTH_REGISTRY_IMAGE", default_value = concat!("berth:", env!("CARGO_PKG_VERSION")))]
     registry_image: String,
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "berth-system")]
