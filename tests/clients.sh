@@ -10,7 +10,8 @@ apt_install skopeo curl
 crane=$(go_tool crane)
 oras=$(go_tool oras)
 work=$(mktemp -d)
-trap 'stop_registry; rm -rf "$work"' EXIT
+FORWARD_PID=""
+trap 'stop_registry; [ -n "$FORWARD_PID" ] && kill "$FORWARD_PID" 2>/dev/null; rm -rf "$work"' EXIT
 start_registry "$work/data"
 R=$REGISTRY
 sk=(skopeo --insecure-policy)
@@ -110,11 +111,32 @@ PY
     curl -fsS "http://$R/v2/oras/art/referrers/$("$crane" digest "$R/oras/art:v1")" | grep -q 'application/vnd.berth.signature'
 }
 
+# Node access: the same registry through `berth-registry forward` on another port.
+forwarder() {
+  local port
+  port=$(free_port)
+  "$(registry_bin)" forward --listen "127.0.0.1:$port" --upstream "$R" >"$work/forward.log" 2>&1 &
+  FORWARD_PID=$!
+  F="127.0.0.1:$port"
+  for _ in $(seq 1 50); do curl -fsS "http://$F/v2/" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  return 1
+}
+
+skopeo_through_forwarder() {
+  forwarder &&
+    "${sk[@]}" copy -q --preserve-digests --src-tls-verify=false --dest-tls-verify=false \
+      "docker://$R/src/docker:amd64" "docker://$F/fwd/docker:amd64" &&
+    "${sk[@]}" copy -q --preserve-digests --src-tls-verify=false "docker://$F/fwd/docker:amd64" "dir:$work/dir-fwd" &&
+    same_digest "$R/src/docker:amd64" "$R/fwd/docker:amd64" &&
+    cmp -s "$work/dir-fwd/manifest.json" "$work/dir-s2/manifest.json"
+}
+
 check "crane builds OCI and Docker images, index and manifest list" build_images
 check "skopeo --all round-trips a multi-arch OCI index" skopeo_oci_index_round_trip
 check "skopeo round-trips a Docker manifest list and schema2 image" skopeo_docker_round_trip
 check "crane pull/push/copy/tag/ls/catalog/delete" crane_workflow
 check "oras push/pull/attach/discover via the referrers API" oras_artifacts
+check "skopeo pushes and pulls through the node-access forwarder" skopeo_through_forwarder
 
 echo "clients: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -13,6 +13,8 @@ pub mod digest;
 #[cfg(feature = "server")]
 pub mod error;
 #[cfg(feature = "server")]
+pub mod forward;
+#[cfg(feature = "server")]
 pub mod manifest;
 #[cfg(feature = "server")]
 pub mod names;

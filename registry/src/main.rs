@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use berth_registry::config::{Config, LogFormat};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -28,6 +28,22 @@ struct Args {
     /// Print the configuration's JSON schema and exit.
     #[arg(long)]
     print_schema: bool,
+    #[command(subcommand)]
+    command: Option<Mode>,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Forward TCP connections to a registry (node access: run on every node with
+    /// host networking so runtimes can pull from localhost).
+    Forward {
+        /// Address to listen on, e.g. 127.0.0.1:5001.
+        #[arg(long)]
+        listen: String,
+        /// The registry to forward to, e.g. registry.default.svc:5000.
+        #[arg(long)]
+        upstream: String,
+    },
 }
 
 fn load(args: &Args) -> Result<Config, String> {
@@ -80,6 +96,24 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(Mode::Forward { listen, upstream }) = &args.command {
+        init_logging(&Config::default());
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("berth-registry: listening on {listen}: {e}");
+                return std::process::ExitCode::from(1);
+            }
+        };
+        tracing::info!(%listen, %upstream, "forwarding");
+        return match berth_registry::forward::run(listener, upstream.clone(), shutdown_signal()).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth-registry: {e}");
+                std::process::ExitCode::from(1)
+            }
+        };
+    }
     if args.print_schema {
         let schema = schemars::schema_for!(Config);
         println!("{}", serde_json::to_string_pretty(&schema).expect("schema serialises"));

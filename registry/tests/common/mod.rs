@@ -57,6 +57,12 @@ impl Registry {
         }
     }
 
+    /// Another handle on the same server, reached at `base` (through a proxy, say),
+    /// that does not stop the server when dropped.
+    pub fn via(&self, base: String) -> Registry {
+        Registry { base, client: Client::new(), root: self.root.clone(), _dir: None, stop: None }
+    }
+
     pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
         let url = if path.starts_with("http") { path.to_owned() } else { format!("{}{path}", self.base) };
         self.client.request(method, url)
