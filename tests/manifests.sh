@@ -79,7 +79,9 @@ examples_reconcile() {
     echo "Registry $name was not reconciled; operator log:"; tail -20 "$work/operator.log"
     return 1
   done
-  kubectl -n berth-system get lease berth-operator >/dev/null &&
+  kubectl -n default get daemonset images-node-access >/dev/null &&
+    kubectl -n kube-public get configmap local-registry-hosting >/dev/null &&
+    kubectl -n berth-system get lease berth-operator >/dev/null &&
     ! grep -qi forbidden "$work/operator.log"
 }
 check "the operator reconciles the examples under its ServiceAccount" examples_reconcile

@@ -73,6 +73,38 @@ pub struct RegistrySpec {
     /// The Service in front of the registry pods.
     #[serde(default)]
     pub service: ServiceSpec,
+    /// Lets every node's container runtime pull `localhost:<port>/<image>` from this registry.
+    #[serde(default)]
+    pub node_access: NodeAccessSpec,
+}
+
+/// Node access: a DaemonSet with host networking listens on `127.0.0.1:<port>` on
+/// every node and forwards to the registry's Service, so pods can use
+/// `image: localhost:<port>/app:tag` without TLS or runtime configuration
+/// (container runtimes treat localhost as plain HTTP). Also publishes the
+/// `local-registry-hosting` ConfigMap in `kube-public` (KEP-1755). The namespace
+/// must allow host networking (Pod Security level privileged). Enable it on one
+/// Registry per cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAccessSpec {
+    /// Run the node forwarder.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Port on each node's loopback interface.
+    #[serde(default = "default_node_port")]
+    #[x_kube(validation = Rule::new("self >= 1024 && self <= 65535").message("nodeAccess.port must be between 1024 and 65535"))]
+    pub port: i32,
+}
+
+impl Default for NodeAccessSpec {
+    fn default() -> Self {
+        NodeAccessSpec { enabled: false, port: default_node_port() }
+    }
+}
+
+fn default_node_port() -> i32 {
+    5001
 }
 
 fn one() -> i32 {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use berth_crds::{Registry, RetentionPolicy};
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -66,6 +66,7 @@ pub async fn run(ctx: Arc<Context>) {
         .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
         .owns(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -106,6 +107,7 @@ pub fn error_policy(reg: Arc<Registry>, error: &Error, ctx: Arc<Context>) -> Act
 enum Change {
     Created,
     Updated,
+    Deleted,
     Unchanged,
 }
 
@@ -123,6 +125,44 @@ where
     ctx.metrics.writes.inc();
     api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired)).await?;
     Ok(if existing.is_some() { Change::Updated } else { Change::Created })
+}
+
+/// Deletes `name` if it exists and `ours` says this Registry made it.
+async fn remove_if_ours<K>(ctx: &Context, api: &Api<K>, name: &str, ours: impl Fn(&K) -> bool) -> Result<Change>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await? {
+        Some(existing) if ours(&existing) => {
+            ctx.metrics.writes.inc();
+            api.delete(name, &DeleteParams::default()).await?;
+            Ok(Change::Deleted)
+        }
+        _ => Ok(Change::Unchanged),
+    }
+}
+
+fn marked_for(reg: &Registry) -> impl Fn(&ConfigMap) -> bool + '_ {
+    move |cm| cm.metadata.annotations.as_ref().and_then(|a| a.get(OWNER_UID)).map(String::as_str) == reg.uid().as_deref()
+}
+
+/// The node forwarder and the KEP-1755 ConfigMap, present exactly while
+/// `spec.nodeAccess.enabled`.
+async fn node_access(ctx: &Context, reg: &Registry, changes: &mut Vec<(&'static str, Change)>) -> Result<()> {
+    let namespace = reg.namespace().unwrap_or_default();
+    let daemonsets = Api::<DaemonSet>::namespaced(ctx.client.clone(), &namespace);
+    let (hosting_ns, hosting_name) = resources::LOCAL_REGISTRY_HOSTING;
+    let hosting = Api::<ConfigMap>::namespaced(ctx.client.clone(), hosting_ns);
+    if reg.spec.node_access.enabled {
+        changes.push(("DaemonSet", apply_if_changed(ctx, &daemonsets, resources::node_access(reg, &ctx.image)).await?));
+        changes.push(("ConfigMap kube-public/local-registry-hosting", apply_if_changed(ctx, &hosting, resources::local_registry_hosting(reg)).await?));
+    } else {
+        let uid = reg.uid();
+        let owned = |d: &DaemonSet| d.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref());
+        changes.push(("DaemonSet", remove_if_ours(ctx, &daemonsets, &resources::node_access_name(reg), owned).await?));
+        changes.push(("ConfigMap kube-public/local-registry-hosting", remove_if_ours(ctx, &hosting, hosting_name, marked_for(reg)).await?));
+    }
+    Ok(())
 }
 
 /// Creates the claim, or grows it; never touches a claim created for something else.
@@ -164,7 +204,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
             changes.push(("Deployment", apply_if_changed(ctx, &deployments, resources::deployment(reg, &ctx.image)).await?));
             let svc = Api::<Service>::namespaced(client.clone(), &namespace);
             changes.push(("Service", apply_if_changed(ctx, &svc, resources::service(reg)).await?));
-            Ok::<_, Error>(())
+            node_access(ctx, reg, &mut changes).await
         };
         if let Err(e) = steps.await {
             return fail(reg, ctx, e).await;
@@ -174,6 +214,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
         match change {
             Change::Created => ctx.event(reg, EventType::Normal, "Created", kind, format!("created {kind}")).await,
             Change::Updated => ctx.event(reg, EventType::Normal, "Updated", kind, format!("updated {kind}")).await,
+            Change::Deleted => ctx.event(reg, EventType::Normal, "Deleted", kind, format!("deleted {kind}")).await,
             Change::Unchanged => {}
         }
     }
@@ -219,6 +260,9 @@ async fn write_status(reg: &Registry, ctx: &Context, deployment: Option<&Deploym
 /// On deletion: delete the claim if the retention policy says so; owned objects
 /// are garbage-collected through their owner references.
 async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action> {
+    let (hosting_ns, hosting_name) = resources::LOCAL_REGISTRY_HOSTING;
+    let hosting = Api::<ConfigMap>::namespaced(ctx.client.clone(), hosting_ns);
+    remove_if_ours(ctx, &hosting, hosting_name, marked_for(reg)).await?;
     if reg.spec.storage.retention_policy == RetentionPolicy::Delete {
         let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &reg.namespace().unwrap_or_default());
         let name = resources::claim_name(reg);

@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 
 use berth_crds::{AccessMode, Registry};
 use berth_registry::config::{Config, LogFormat};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort,
+    ServiceSpec, TCPSocketAction, Toleration, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -73,6 +74,27 @@ pub fn registry_config(reg: &Registry) -> Config {
     config
 }
 
+fn hardened() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -132,15 +154,7 @@ pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
         readiness_probe: Some(probe(1)),
         liveness_probe: Some(probe(10)),
         resources: spec.resources.clone(),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
-            ..Default::default()
-        }),
+        security_context: Some(hardened()),
         volume_mounts: Some(vec![
             VolumeMount { name: "config".into(), mount_path: CONFIG_DIR.into(), read_only: Some(true), ..Default::default() },
             VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..Default::default() },
@@ -150,12 +164,7 @@ pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
     let pod = PodSpec {
         containers: vec![container],
         automount_service_account_token: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            fs_group: Some(RUN_AS),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
-            ..Default::default()
-        }),
+        security_context: Some(pod_security()),
         volumes: Some(vec![
             Volume {
                 name: "config".into(),
@@ -210,6 +219,93 @@ pub fn service(reg: &Registry) -> Service {
             }]),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+pub fn node_access_name(reg: &Registry) -> String {
+    format!("{}-node-access", reg.name_any())
+}
+
+/// Where KEP-1755 says tools look for a cluster's local registry.
+pub const LOCAL_REGISTRY_HOSTING: (&str, &str) = ("kube-public", "local-registry-hosting");
+
+/// The node forwarder: host networking, listening on the node's loopback only,
+/// forwarding to the Service; on every node, control plane included.
+pub fn node_access(reg: &Registry, default_image: &str) -> DaemonSet {
+    let port = reg.spec.node_access.port;
+    let mut selector = labels(reg);
+    selector.insert("app.kubernetes.io/component".into(), "node-access".into());
+    let container = Container {
+        name: "forward".into(),
+        image: Some(reg.spec.image.clone().unwrap_or_else(|| default_image.to_owned())),
+        command: Some(vec!["berth-registry".into()]),
+        args: Some(vec![
+            "forward".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--upstream".into(),
+            endpoint(reg),
+        ]),
+        liveness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction { host: Some("127.0.0.1".into()), port: IntOrString::Int(port) }),
+            period_seconds: Some(10),
+            ..Default::default()
+        }),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity("10m".into())),
+                ("memory".to_owned(), Quantity("16Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("64Mi".into()),
+            )])),
+            ..Default::default()
+        }),
+        security_context: Some(hardened()),
+        ..Default::default()
+    };
+    DaemonSet {
+        metadata: meta(reg, node_access_name(reg), true),
+        spec: DaemonSetSpec {
+            selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(selector), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    host_network: Some(true),
+                    // Resolve the Service's cluster DNS name despite host networking.
+                    dns_policy: Some("ClusterFirstWithHostNet".into()),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(pod_security()),
+                    tolerations: Some(vec![Toleration { operator: Some("Exists".into()), ..Default::default() }]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The KEP-1755 ConfigMap (in `kube-public`, so not owned: the finalizer removes it).
+pub fn local_registry_hosting(reg: &Registry) -> ConfigMap {
+    let (namespace, name) = LOCAL_REGISTRY_HOSTING;
+    let doc = format!(
+        "host: \"localhost:{}\"\nhostFromClusterNetwork: \"{}\"\nhelp: \"https://github.com/kubernetes/enhancements/tree/master/keps/sig-cluster-lifecycle/generic/1755-communicating-a-local-registry\"\n",
+        reg.spec.node_access.port,
+        endpoint(reg)
+    );
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels(reg)),
+            annotations: Some(BTreeMap::from([(OWNER_UID.to_owned(), reg.uid().unwrap_or_default())])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("localRegistryHosting.v1".to_owned(), doc)])),
         ..Default::default()
     }
 }

@@ -167,6 +167,16 @@ fn registry_lifecycle() {
 #[test]
 fn retention_delete_and_foreign_claims() {
     let (cp, _op) = setup();
+    // Node access comes and goes with its switch.
+    cp.apply(&registry("nodes", "{nodeAccess: {enabled: true, port: 5999}}"));
+    let ds = wait_for(&cp, &["get", "daemonset", "nodes-node-access"]);
+    assert_eq!(ds["spec"]["template"]["spec"]["hostNetwork"], true);
+    let hosting = wait_for(&cp, &["-n", "kube-public", "get", "configmap", "local-registry-hosting"]);
+    assert!(hosting["data"]["localRegistryHosting.v1"].as_str().unwrap().contains("localhost:5999"));
+    cp.kubectl_ok(&["patch", "registry", "nodes", "--type", "merge", "-p", r#"{"spec":{"nodeAccess":{"enabled":false}}}"#]);
+    assert!(eventually(60, || json(&cp, &["get", "daemonset", "nodes-node-access"]).is_none().then_some(())).is_some());
+    assert!(eventually(30, || json(&cp, &["-n", "kube-public", "get", "configmap", "local-registry-hosting"]).is_none().then_some(())).is_some());
+
     cp.apply(&registry("temp", "{storage: {retentionPolicy: Delete}}"));
     wait_for(&cp, &["get", "pvc", "temp-data"]);
     cp.kubectl_ok(&["delete", "registry", "temp", "--wait=true", "--timeout=60s"]);

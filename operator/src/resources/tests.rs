@@ -113,3 +113,32 @@ fn quantities() {
     assert!(quantity_bytes("10Gi") < quantity_bytes("11Gi"));
     assert_eq!(quantity_bytes("ten"), None);
 }
+
+#[test]
+fn node_access_forwards_from_node_loopback_to_the_service() {
+    let reg = registry("nodeAccess: {enabled: true, port: 5555}\nservice: {port: 6000}");
+    let ds = node_access(&reg, "img");
+    assert_eq!(ds.metadata.name.as_deref(), Some("cache-node-access"));
+    assert_eq!(ds.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+    let pod = ds.spec.template.spec.unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.args.as_ref().unwrap(),
+        &["forward", "--listen", "127.0.0.1:5555", "--upstream", "cache.team.svc:6000"].map(String::from)
+    );
+    assert_eq!(c.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+    assert_eq!(c.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+
+    let cm = local_registry_hosting(&reg);
+    assert_eq!(cm.metadata.namespace.as_deref(), Some("kube-public"));
+    assert_eq!(cm.metadata.name.as_deref(), Some("local-registry-hosting"));
+    let doc = &cm.data.unwrap()["localRegistryHosting.v1"];
+    assert!(doc.contains("host: \"localhost:5555\"") && doc.contains("hostFromClusterNetwork: \"cache.team.svc:6000\""), "{doc}");
+}
+
+#[test]
+fn node_access_is_off_by_default() {
+    assert!(!registry("{}").spec.node_access.enabled);
+}
