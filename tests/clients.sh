@@ -4,6 +4,7 @@
 # digests preserved; crane pushes, lists, copies and deletes; oras pushes and pulls
 # an artifact, attaches a signature and finds it through the referrers API.
 set -euo pipefail
+# shellcheck source=tests/lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
 
 apt_install skopeo curl

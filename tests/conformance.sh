@@ -4,6 +4,7 @@
 # relaxed so sparse manifests are accepted. Fails on any failed, errored or
 # skipped test, or when the suite wrote no results.
 set -euo pipefail
+# shellcheck source=tests/lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
 
 suite=$(go_tool conformance)

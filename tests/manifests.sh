@@ -5,6 +5,7 @@
 # with a token of the ServiceAccount from manifests/rbac.yaml, reconciles the
 # examples, so a missing permission fails here.
 set -euo pipefail
+# shellcheck source=tests/lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
 cd "$REPO_ROOT"
 
