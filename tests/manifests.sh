@@ -87,5 +87,13 @@ examples_reconcile() {
 }
 check "the operator reconciles the examples under its ServiceAccount" examples_reconcile
 
+examples_delete() {
+  # The finalizer runs under the ServiceAccount too: deletion must complete.
+  kubectl delete -f manifests/examples/ --wait=true --timeout=60s >/dev/null &&
+    ! kubectl -n kube-public get configmap local-registry-hosting >/dev/null 2>&1 &&
+    ! grep -qi forbidden "$work/operator.log"
+}
+check "deleting the examples runs their finalizers under the ServiceAccount" examples_delete
+
 echo "manifests: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]
