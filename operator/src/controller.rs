@@ -93,13 +93,19 @@ pub async fn reconcile(reg: Arc<Registry>, ctx: Arc<Context>) -> Result<Action> 
     Ok(action)
 }
 
-/// Backs off exponentially per Registry: 5 s, 10 s, ... up to 5 minutes.
+/// The wait before retrying after the `n`th failure in a row (from 1):
+/// 5 s, 10 s, 20 s, ... capped at the resync period.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(5u64 << n.clamp(1, 7).saturating_sub(1)).min(RESYNC)
+}
+
+/// Backs off exponentially per Registry; a success resets it.
 pub fn error_policy(reg: Arc<Registry>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failures.get_or_create(&ErrorLabels { error: error.metric_label().into() }).inc();
     let mut failures = ctx.failures.lock().expect("not poisoned");
     let n = failures.entry(ObjectRef::from_obj(&*reg)).or_insert(0);
-    *n = (*n + 1).min(6);
-    let delay = Duration::from_secs(5 << (*n - 1)).min(RESYNC);
+    *n = n.saturating_add(1);
+    let delay = backoff(*n);
     tracing::warn!(registry = %status::display(&reg), error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -276,4 +282,15 @@ async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action> {
         }
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_resync_period() {
+        let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
 }
