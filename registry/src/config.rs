@@ -60,11 +60,14 @@ pub struct UploadsConfig {
     /// 0 leaves the choice to clients.
     #[schemars(with = "i64", range(min = 0))]
     pub chunk_min_length: u64,
+    /// Upload sessions untouched for this many hours are deleted; 0 keeps them.
+    #[schemars(with = "i64", range(min = 0))]
+    pub purge_after_hours: u64,
 }
 
 impl Default for UploadsConfig {
     fn default() -> Self {
-        UploadsConfig { anonymous_mount: true, chunk_min_length: 0 }
+        UploadsConfig { anonymous_mount: true, chunk_min_length: 0, purge_after_hours: 168 }
     }
 }
 

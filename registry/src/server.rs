@@ -2,19 +2,39 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::api::{App, router};
 use crate::config::Config;
-use crate::storage::FsStorage;
+use crate::storage::{FsStorage, Storage};
 
-/// Opens the storage and builds the HTTP application for `config`.
+/// Opens the storage and builds the HTTP application for `config`; starts the
+/// purge of abandoned upload sessions.
 pub fn build(config: Config) -> Result<axum::Router, String> {
-    let storage = FsStorage::open(&config.storage.root)
-        .map_err(|e| format!("opening storage at {}: {e}", config.storage.root.display()))?;
-    let app = App::new(config, Arc::new(storage))?;
+    let storage: Arc<dyn Storage> = Arc::new(
+        FsStorage::open(&config.storage.root)
+            .map_err(|e| format!("opening storage at {}: {e}", config.storage.root.display()))?,
+    );
+    if config.uploads.purge_after_hours > 0 {
+        tokio::spawn(purge_uploads(storage.clone(), Duration::from_secs(config.uploads.purge_after_hours * 3600)));
+    }
+    let app = App::new(config, storage)?;
     Ok(router(app))
+}
+
+/// Hourly, deletes upload sessions untouched for `age` (clients that gave up).
+async fn purge_uploads(storage: Arc<dyn Storage>, age: Duration) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        match storage.purge_uploads(age).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "removed abandoned upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "purging upload sessions failed"),
+        }
+    }
 }
 
 /// Serves `config` on an already bound listener until `shutdown` resolves.

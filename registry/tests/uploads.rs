@@ -205,3 +205,22 @@ async fn concurrent_pushes_of_the_same_blob() {
     }
     assert_eq!(files_below(&reg.root.join("blobs")).len(), 1);
 }
+
+#[tokio::test]
+async fn abandoned_sessions_are_purged() {
+    use berth_registry::storage::{FsStorage, Storage};
+    let reg = Registry::start().await;
+    let old = start(&reg, "purge").await;
+    patch(&reg, &old, None, b"half an upload").await;
+    let fresh = start(&reg, "purge").await;
+    let id = old.rsplit('/').next().unwrap();
+    let data = reg.root.join("repositories/purge/_uploads").join(id);
+    let week_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(8 * 24 * 3600);
+    std::fs::File::options().write(true).open(&data).unwrap().set_modified(week_ago).unwrap();
+
+    let storage = FsStorage::open(&reg.root).unwrap();
+    assert_eq!(storage.purge_uploads(std::time::Duration::from_secs(7 * 24 * 3600)).await.unwrap(), 1);
+    assert_error(reg.get(&old).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    assert!(!data.with_extension("json").exists());
+    assert_eq!(reg.get(&fresh).await.status(), StatusCode::NO_CONTENT);
+}

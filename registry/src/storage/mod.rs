@@ -81,6 +81,8 @@ pub trait Storage: Send + Sync + 'static {
         last: Option<(Chunk, ByteStream)>,
     ) -> Result<u64>;
     async fn upload_cancel(&self, repo: &RepoName, id: &str) -> Result<()>;
+    /// Deletes upload sessions not written to for `age`; returns how many.
+    async fn purge_uploads(&self, age: std::time::Duration) -> Result<usize>;
 
     async fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>>;
     async fn manifest_exists(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;

@@ -175,6 +175,18 @@ impl FsStorage {
     }
 
     pub(super) async fn list_repositories(&self) -> Result<Vec<String>> {
+        self.walk_repositories(|entries| entries.iter().any(|e| e == "_manifests" || e == "_layers")).await
+    }
+
+    /// The `_uploads` directories of every repository.
+    pub(super) async fn list_upload_dirs(&self) -> Result<Vec<PathBuf>> {
+        let root = self.root.join("repositories");
+        let repos = self.walk_repositories(|entries| entries.iter().any(|e| e == "_uploads")).await?;
+        Ok(repos.into_iter().map(|r| root.join(r).join("_uploads")).collect())
+    }
+
+    /// Repository paths (relative, `/`-separated, sorted) whose directory entries satisfy `wanted`.
+    async fn walk_repositories(&self, wanted: fn(&[String]) -> bool) -> Result<Vec<String>> {
         let root = self.root.join("repositories");
         blocking(move || {
             let mut found = Vec::new();
@@ -182,7 +194,7 @@ impl FsStorage {
             while let Some(prefix) = pending.pop() {
                 let dir = root.join(&prefix);
                 let entries = durable::list_dir(&dir)?;
-                if entries.iter().any(|e| e == "_manifests" || e == "_layers") {
+                if wanted(&entries) {
                     found.push(prefix.clone());
                 }
                 for entry in entries.into_iter().filter(|e| !e.starts_with('_')) {

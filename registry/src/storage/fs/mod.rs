@@ -131,6 +131,10 @@ impl Storage for FsStorage {
         self.cancel_upload(repo, id).await
     }
 
+    async fn purge_uploads(&self, age: std::time::Duration) -> Result<usize> {
+        self.purge_stale_uploads(age).await
+    }
+
     async fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>> {
         self.get_manifest(repo, digest).await
     }

@@ -208,6 +208,30 @@ impl FsStorage {
         Ok(size)
     }
 
+    /// Removes sessions whose data file was last written before `age` ago.
+    pub(super) async fn purge_stale_uploads(&self, age: std::time::Duration) -> Result<usize> {
+        let repos = self.list_upload_dirs().await?;
+        blocking(move || {
+            let cutoff = std::time::SystemTime::now() - age;
+            let mut purged = 0;
+            for dir in repos {
+                for name in durable::list_dir(&dir)? {
+                    if !valid_id(&name) {
+                        continue;
+                    }
+                    let data = dir.join(&name);
+                    let stale = std::fs::metadata(&data).and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
+                    if stale {
+                        remove_session(&data, &dir.join(format!("{name}.json")))?;
+                        purged += 1;
+                    }
+                }
+            }
+            Ok(purged)
+        })
+        .await
+    }
+
     pub(super) async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         let _guard = self.upload_locks.lock(id).await;
         self.load_upload(repo, id).await?;
