@@ -1,8 +1,9 @@
 //! A real Kubernetes control plane for tests: etcd and kube-apiserver (optionally
-//! kube-controller-manager), built from pinned Go modules and started on free
-//! loopback ports by the `up` script beside this crate. Dropping the
-//! [`ControlPlane`] stops every process, also when the test panics; if the test
-//! process itself is killed, the watchdog started by `up` cleans up.
+//! kube-controller-manager, or that plus kube-scheduler and a real worker node with
+//! containerd, the kubelet, kube-proxy and CoreDNS), built from pinned Go modules
+//! and started by the `up` script beside this crate. Dropping the [`ControlPlane`]
+//! stops every process, also when the test panics; if the test process itself is
+//! killed, the watchdog started by `up` cleans up.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -18,21 +19,26 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// etcd and kube-apiserver.
     pub fn start() -> ControlPlane {
-        Self::launch(false)
+        Self::launch(None)
     }
 
     /// etcd, kube-apiserver and kube-controller-manager (garbage collector,
     /// deployment, replicaset, namespace, service-account and daemonset controllers).
     pub fn start_with_controller_manager() -> ControlPlane {
-        Self::launch(true)
+        Self::launch(Some("--controller-manager"))
     }
 
-    fn launch(controller_manager: bool) -> ControlPlane {
+    /// The controller-manager, kube-scheduler and a real worker node named
+    /// `berth-node` (`tests/node/up`), whose network lives in namespaces of its own.
+    /// Needs the release `berth-registry` (the node's bootstrap registry).
+    pub fn start_with_node() -> ControlPlane {
+        Self::launch(Some("--node"))
+    }
+
+    fn launch(mode: Option<&str>) -> ControlPlane {
         let dir = tempfile::Builder::new().prefix("berth-cp.").tempdir().expect("temp dir").keep();
         let mut up = Command::new(Path::new(SCRIPTS).join("up"));
-        if controller_manager {
-            up.arg("--controller-manager");
-        }
+        up.args(mode);
         let out = up.arg(&dir).env("BERTH_CP_OWNER_PID", std::process::id().to_string()).output().expect("running up");
         assert!(out.status.success(), "control plane did not start:\n{}", String::from_utf8_lossy(&out.stderr));
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -89,13 +95,33 @@ impl ControlPlane {
         assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
-    /// The pid files of the running processes (for tests of the harness itself).
+    /// The pids of the running processes, the node's daemons included (for tests
+    /// of the harness itself).
     pub fn pids(&self) -> Vec<u32> {
-        ["etcd", "kube-apiserver", "kube-controller-manager"]
-            .iter()
-            .filter_map(|n| std::fs::read_to_string(self.dir.join(format!("{n}.pid"))).ok())
+        let cp = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"].map(|n| self.dir.join(n));
+        let node = ["kubelet", "kube-proxy", "coredns", "containerd", "bootstrap", "bridge"]
+            .map(|n| self.dir.join("node").join(n));
+        cp.iter()
+            .chain(node.iter())
+            .filter_map(|p| std::fs::read_to_string(p.with_extension("pid")).ok())
             .filter_map(|s| s.trim().parse().ok())
             .collect()
+    }
+
+    /// The directory of this control plane; the node's is `node/` inside it.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A command run inside the node's network namespace, where Service IPs,
+    /// pod IPs, cluster DNS (on the node IP) and the bootstrap registry on
+    /// `localhost:5000` are reachable. Panics without a node.
+    pub fn in_node(&self, program: &str) -> Command {
+        let names = std::fs::read_to_string(self.dir.join("node/netns")).expect("a control plane with a node");
+        let netns = names.split_whitespace().next().expect("node netns name");
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{netns}")).arg(program);
+        c
     }
 }
 
