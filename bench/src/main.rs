@@ -162,7 +162,9 @@ fn render(s: &Samples, args: &Args) -> String {
     );
     for (metric, by_server) in s {
         let cell = |k: Kind| by_server.get(k.label()).map(|v| median(v));
-        let fmt = |v: Option<f64>| v.map(|v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") }).unwrap_or_else(|| "–".into());
+        let fmt = |v: Option<f64>| {
+            v.map(|v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") }).unwrap_or_else(|| "–".into())
+        };
         let ratio = match (cell(Kind::Berth), cell(Kind::Distribution)) {
             (Some(b), Some(d)) if d > 0.0 => format!("{:.2}x", b / d),
             _ => "–".into(),

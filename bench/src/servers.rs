@@ -96,7 +96,11 @@ impl Server {
                 c
             }
         };
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("starting {kind:?}: {e}"));
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {kind:?}: {e}"));
         let base = format!("http://127.0.0.1:{port}");
         let probe = if kind == Kind::Nginx { format!("{base}/") } else { format!("{base}/v2/") };
         let client = reqwest::Client::new();

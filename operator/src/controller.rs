@@ -149,7 +149,9 @@ where
 }
 
 fn marked_for(reg: &Registry) -> impl Fn(&ConfigMap) -> bool + '_ {
-    move |cm| cm.metadata.annotations.as_ref().and_then(|a| a.get(OWNER_UID)).map(String::as_str) == reg.uid().as_deref()
+    move |cm| {
+        cm.metadata.annotations.as_ref().and_then(|a| a.get(OWNER_UID)).map(String::as_str) == reg.uid().as_deref()
+    }
 }
 
 /// The node forwarder and the KEP-1755 ConfigMap, present exactly while
@@ -161,12 +163,18 @@ async fn node_access(ctx: &Context, reg: &Registry, changes: &mut Vec<(&'static 
     let hosting = Api::<ConfigMap>::namespaced(ctx.client.clone(), hosting_ns);
     if reg.spec.node_access.enabled {
         changes.push(("DaemonSet", apply_if_changed(ctx, &daemonsets, resources::node_access(reg, &ctx.image)).await?));
-        changes.push(("ConfigMap kube-public/local-registry-hosting", apply_if_changed(ctx, &hosting, resources::local_registry_hosting(reg)).await?));
+        changes.push((
+            "ConfigMap kube-public/local-registry-hosting",
+            apply_if_changed(ctx, &hosting, resources::local_registry_hosting(reg)).await?,
+        ));
     } else {
         let uid = reg.uid();
         let owned = |d: &DaemonSet| d.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref());
         changes.push(("DaemonSet", remove_if_ours(ctx, &daemonsets, &resources::node_access_name(reg), owned).await?));
-        changes.push(("ConfigMap kube-public/local-registry-hosting", remove_if_ours(ctx, &hosting, hosting_name, marked_for(reg)).await?));
+        changes.push((
+            "ConfigMap kube-public/local-registry-hosting",
+            remove_if_ours(ctx, &hosting, hosting_name, marked_for(reg)).await?,
+        ));
     }
     Ok(())
 }
@@ -207,7 +215,10 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
         let steps = async {
             let cm = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
             changes.push(("ConfigMap", apply_if_changed(ctx, &cm, resources::config_map(reg)).await?));
-            changes.push(("Deployment", apply_if_changed(ctx, &deployments, resources::deployment(reg, &ctx.image)).await?));
+            changes.push((
+                "Deployment",
+                apply_if_changed(ctx, &deployments, resources::deployment(reg, &ctx.image)).await?,
+            ));
             let svc = Api::<Service>::namespaced(client.clone(), &namespace);
             changes.push(("Service", apply_if_changed(ctx, &svc, resources::service(reg)).await?));
             node_access(ctx, reg, &mut changes).await
@@ -234,7 +245,9 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
 }
 
 fn is_degraded(reg: &Registry) -> bool {
-    reg.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == berth_crds::DEGRADED && c.status == "True"))
+    reg.status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == berth_crds::DEGRADED && c.status == "True"))
 }
 
 /// Reports a failed step in the status and as an event, then hands the error
@@ -245,12 +258,18 @@ async fn fail(reg: &Registry, ctx: &Context, error: Error) -> Result<Action> {
         ctx.event(reg, EventType::Warning, "Failed", "Reconcile", message.clone()).await;
     }
     let namespace = reg.namespace().unwrap_or_default();
-    let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &namespace).get_opt(&reg.name_any()).await.ok().flatten();
+    let deployment =
+        Api::<Deployment>::namespaced(ctx.client.clone(), &namespace).get_opt(&reg.name_any()).await.ok().flatten();
     let _ = write_status(reg, ctx, deployment.as_ref(), Some(&message)).await;
     Err(error)
 }
 
-async fn write_status(reg: &Registry, ctx: &Context, deployment: Option<&Deployment>, problem: Option<&str>) -> Result<()> {
+async fn write_status(
+    reg: &Registry,
+    ctx: &Context,
+    deployment: Option<&Deployment>,
+    problem: Option<&str>,
+) -> Result<()> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let status = status::desired(reg, deployment, problem, now);
     if reg.status.as_ref() == Some(&status) {
@@ -277,7 +296,14 @@ async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action> {
             if owner.map(String::as_str) == reg.uid().as_deref() {
                 ctx.metrics.writes.inc();
                 claims.delete(&name, &DeleteParams::default()).await?;
-                ctx.event(reg, EventType::Normal, "Deleted", "PersistentVolumeClaim", format!("deleted PersistentVolumeClaim {name}")).await;
+                ctx.event(
+                    reg,
+                    EventType::Normal,
+                    "Deleted",
+                    "PersistentVolumeClaim",
+                    format!("deleted PersistentVolumeClaim {name}"),
+                )
+                .await;
             }
         }
     }

@@ -11,10 +11,7 @@ use axum::routing::get;
 use crate::metrics::Metrics;
 
 pub fn router(metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics_text))
-        .with_state(metrics)
+    Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", get(metrics_text)).with_state(metrics)
 }
 
 async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

@@ -7,10 +7,10 @@ use berth_crds::{AccessMode, Registry};
 use berth_registry::config::{Config, LogFormat};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort,
-    ServiceSpec, TCPSocketAction, Toleration, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Toleration, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -150,13 +150,22 @@ pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
         image: Some(spec.image.clone().unwrap_or_else(|| default_image.to_owned())),
         command: Some(vec!["berth-registry".into()]),
         args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/{CONFIG_FILE}")]),
-        ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: REGISTRY_PORT, ..Default::default() }]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: REGISTRY_PORT,
+            ..Default::default()
+        }]),
         readiness_probe: Some(probe(1)),
         liveness_probe: Some(probe(10)),
         resources: spec.resources.clone(),
         security_context: Some(hardened()),
         volume_mounts: Some(vec![
-            VolumeMount { name: "config".into(), mount_path: CONFIG_DIR.into(), read_only: Some(true), ..Default::default() },
+            VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
             VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..Default::default() },
         ]),
         ..Default::default()
@@ -196,7 +205,11 @@ pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
                 ..Default::default()
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels(reg)), annotations: Some(annotations), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(reg)),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
                 spec: Some(pod),
             },
             ..Default::default()
@@ -257,10 +270,7 @@ pub fn node_access(reg: &Registry, default_image: &str) -> DaemonSet {
                 ("cpu".to_owned(), Quantity("10m".into())),
                 ("memory".to_owned(), Quantity("16Mi".into())),
             ])),
-            limits: Some(BTreeMap::from([(
-                "memory".to_owned(),
-                Quantity("64Mi".into()),
-            )])),
+            limits: Some(BTreeMap::from([("memory".to_owned(), Quantity("64Mi".into()))])),
             ..Default::default()
         }),
         security_context: Some(hardened()),

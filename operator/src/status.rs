@@ -33,11 +33,22 @@ pub fn desired(reg: &Registry, deployment: Option<&Deployment>, problem: Option<
     let conditions = vec![
         match problem {
             Some(p) => condition(READY, false, "Degraded", p.to_owned(), generation, &now),
-            None if ready >= want => condition(READY, true, "ReplicasReady", format!("{ready}/{want} replicas ready"), generation, &now),
-            None => condition(READY, false, "ReplicasNotReady", format!("{ready}/{want} replicas ready"), generation, &now),
+            None if ready >= want => {
+                condition(READY, true, "ReplicasReady", format!("{ready}/{want} replicas ready"), generation, &now)
+            }
+            None => {
+                condition(READY, false, "ReplicasNotReady", format!("{ready}/{want} replicas ready"), generation, &now)
+            }
         },
         if rolled_out {
-            condition(PROGRESSING, false, "RolledOut", "the registry runs the current configuration".into(), generation, &now)
+            condition(
+                PROGRESSING,
+                false,
+                "RolledOut",
+                "the registry runs the current configuration".into(),
+                generation,
+                &now,
+            )
         } else {
             condition(PROGRESSING, true, "RollingOut", format!("{updated}/{want} replicas updated"), generation, &now)
         },
@@ -56,12 +67,7 @@ pub fn desired(reg: &Registry, deployment: Option<&Deployment>, problem: Option<
             c
         })
         .collect();
-    RegistryStatus {
-        observed_generation: generation,
-        conditions,
-        ready_replicas: ready,
-        endpoint: Some(endpoint(reg)),
-    }
+    RegistryStatus { observed_generation: generation, conditions, ready_replicas: ready, endpoint: Some(endpoint(reg)) }
 }
 
 /// The name used in log lines and events.

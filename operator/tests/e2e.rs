@@ -27,7 +27,11 @@ impl Operator {
             .spawn()
             .unwrap();
         let op = Operator { child, metrics: format!("http://127.0.0.1:{port}/metrics") };
-        assert!(eventually(30, || op.metric("berth_operator_reconciliations_total")).is_some(), "operator did not start; log in {}", log.display());
+        assert!(
+            eventually(30, || op.metric("berth_operator_reconciliations_total")).is_some(),
+            "operator did not start; log in {}",
+            log.display()
+        );
         op
     }
 
@@ -87,8 +91,9 @@ fn registry_lifecycle() {
     cp.apply("apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: demo-pv}\nspec: {capacity: {storage: 100Gi}, accessModes: [ReadWriteOnce], storageClassName: expandable, hostPath: {path: /tmp/berth-demo-pv}}\n");
     cp.apply(&registry("demo", "{manifests: {docker: {schema1: true}}, storage: {storageClassName: expandable}}"));
     let deployment = wait_for(&cp, &["get", "deployment", "demo"]);
-    let reg = eventually(60, || json(&cp, &["get", "registry", "demo"]).filter(|r| r["status"]["endpoint"].is_string()))
-        .expect("status written");
+    let reg =
+        eventually(60, || json(&cp, &["get", "registry", "demo"]).filter(|r| r["status"]["endpoint"].is_string()))
+            .expect("status written");
     let uid = reg["metadata"]["uid"].as_str().unwrap().to_owned();
 
     // Children, owned by the Registry; the claim only marked.
@@ -109,7 +114,9 @@ fn registry_lifecycle() {
     assert_eq!(reg["status"]["endpoint"], "demo.default.svc:5000");
     assert_eq!(condition(&reg, "Ready").unwrap().0, "False", "no kubelet runs, so no pod is ready");
     assert_eq!(condition(&reg, "Degraded").unwrap().0, "False");
-    let events = json(&cp, &["get", "events", "--field-selector", "involvedObject.kind=Registry,involvedObject.name=demo"]).unwrap();
+    let events =
+        json(&cp, &["get", "events", "--field-selector", "involvedObject.kind=Registry,involvedObject.name=demo"])
+            .unwrap();
     let notes: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
     for kind in ["PersistentVolumeClaim", "ConfigMap", "Deployment", "Service"] {
         assert!(notes.contains(&format!("created {kind}").as_str()), "no event for {kind}: {notes:?}");
@@ -126,35 +133,65 @@ fn registry_lifecycle() {
     .expect("the operator kept writing");
     let reconciles = op.metric("berth_operator_reconciliations_total").unwrap();
     cp.kubectl_ok(&["label", "deployment", "demo", "poke=1"]);
-    assert!(eventually(30, || (op.metric("berth_operator_reconciliations_total")? > reconciles).then_some(())).is_some());
+    assert!(
+        eventually(30, || (op.metric("berth_operator_reconciliations_total")? > reconciles).then_some(())).is_some()
+    );
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(op.metric("berth_operator_api_writes_total"), Some(stable), "writes while idle");
 
     // A manifests change reaches the ConfigMap and rolls the pods.
-    let hash = |d: &Value| d["spec"]["template"]["metadata"]["annotations"]["berth.dev/config-hash"].as_str().map(str::to_owned);
+    let hash = |d: &Value| {
+        d["spec"]["template"]["metadata"]["annotations"]["berth.dev/config-hash"].as_str().map(str::to_owned)
+    };
     let old_hash = hash(&deployment);
-    cp.kubectl_ok(&["patch", "registry", "demo", "--type", "merge", "-p", r#"{"spec":{"manifests":{"oci":{"imageIndex":false}}}}"#]);
-    assert!(eventually(60, || {
-        let cm = json(&cp, &["get", "configmap", "demo-config"])?;
-        let config = berth_registry::Config::from_yaml(cm["data"]["config.yaml"].as_str()?).ok()?;
-        (!config.manifests.oci.image_index).then_some(())
-    })
-    .is_some());
+    cp.kubectl_ok(&[
+        "patch",
+        "registry",
+        "demo",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"manifests":{"oci":{"imageIndex":false}}}}"#,
+    ]);
+    assert!(
+        eventually(60, || {
+            let cm = json(&cp, &["get", "configmap", "demo-config"])?;
+            let config = berth_registry::Config::from_yaml(cm["data"]["config.yaml"].as_str()?).ok()?;
+            (!config.manifests.oci.image_index).then_some(())
+        })
+        .is_some()
+    );
     assert!(eventually(60, || (hash(&json(&cp, &["get", "deployment", "demo"])?) != old_hash).then_some(())).is_some());
     let updated = eventually(30, || {
-        let events = json(&cp, &["get", "events", "--field-selector", "involvedObject.kind=Registry,involvedObject.name=demo"])?;
+        let events =
+            json(&cp, &["get", "events", "--field-selector", "involvedObject.kind=Registry,involvedObject.name=demo"])?;
         events["items"].as_array()?.iter().any(|e| e["message"] == "updated ConfigMap").then_some(())
     });
     assert!(updated.is_some(), "no event for the updated ConfigMap");
 
     // Storage grows, never shrinks; invalid Registries are refused by the API server.
-    assert!(eventually(60, || (json(&cp, &["get", "pvc", "demo-data"])?["status"]["phase"] == "Bound").then_some(())).is_some());
+    assert!(
+        eventually(60, || (json(&cp, &["get", "pvc", "demo-data"])?["status"]["phase"] == "Bound").then_some(()))
+            .is_some()
+    );
     cp.kubectl_ok(&["patch", "registry", "demo", "--type", "merge", "-p", r#"{"spec":{"storage":{"size":"20Gi"}}}"#]);
-    assert!(eventually(60, || (json(&cp, &["get", "pvc", "demo-data"])?["spec"]["resources"]["requests"]["storage"] == "20Gi").then_some(())).is_some());
-    let shrink = cp.kubectl().args(["patch", "registry", "demo", "--type", "merge", "-p", r#"{"spec":{"storage":{"size":"1Gi"}}}"#]).output().unwrap();
+    assert!(
+        eventually(60, || (json(&cp, &["get", "pvc", "demo-data"])?["spec"]["resources"]["requests"]["storage"]
+            == "20Gi")
+            .then_some(()))
+        .is_some()
+    );
+    let shrink = cp
+        .kubectl()
+        .args(["patch", "registry", "demo", "--type", "merge", "-p", r#"{"spec":{"storage":{"size":"1Gi"}}}"#])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&shrink.stderr).contains("storage.size may grow but not shrink"));
     let out = cp.kubectl_with_input(&["apply", "-f", "-"], &registry("bad", "{replicas: 2}"));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("more than one replica needs storage.accessModes to include ReadWriteMany"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("more than one replica needs storage.accessModes to include ReadWriteMany")
+    );
 
     // Deleting keeps the claim (Retain), the owned objects are garbage-collected.
     cp.kubectl_ok(&["delete", "registry", "demo", "--wait=true", "--timeout=60s"]);
@@ -173,9 +210,22 @@ fn retention_delete_and_foreign_claims() {
     assert_eq!(ds["spec"]["template"]["spec"]["hostNetwork"], true);
     let hosting = wait_for(&cp, &["-n", "kube-public", "get", "configmap", "local-registry-hosting"]);
     assert!(hosting["data"]["localRegistryHosting.v1"].as_str().unwrap().contains("localhost:5999"));
-    cp.kubectl_ok(&["patch", "registry", "nodes", "--type", "merge", "-p", r#"{"spec":{"nodeAccess":{"enabled":false}}}"#]);
+    cp.kubectl_ok(&[
+        "patch",
+        "registry",
+        "nodes",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"nodeAccess":{"enabled":false}}}"#,
+    ]);
     assert!(eventually(60, || json(&cp, &["get", "daemonset", "nodes-node-access"]).is_none().then_some(())).is_some());
-    assert!(eventually(30, || json(&cp, &["-n", "kube-public", "get", "configmap", "local-registry-hosting"]).is_none().then_some(())).is_some());
+    assert!(
+        eventually(30, || json(&cp, &["-n", "kube-public", "get", "configmap", "local-registry-hosting"])
+            .is_none()
+            .then_some(()))
+        .is_some()
+    );
 
     cp.apply(&registry("temp", "{storage: {retentionPolicy: Delete}}"));
     wait_for(&cp, &["get", "pvc", "temp-data"]);
@@ -191,8 +241,10 @@ fn retention_delete_and_foreign_claims() {
 
     cp.apply("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: taken-data}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n");
     cp.apply(&registry("taken", "{}"));
-    let reg = eventually(60, || json(&cp, &["get", "registry", "taken"]).filter(|r| condition(r, "Degraded").is_some_and(|c| c.0 == "True")))
-        .expect("a foreign claim must degrade the Registry");
+    let reg = eventually(60, || {
+        json(&cp, &["get", "registry", "taken"]).filter(|r| condition(r, "Degraded").is_some_and(|c| c.0 == "True"))
+    })
+    .expect("a foreign claim must degrade the Registry");
     assert!(condition(&reg, "Degraded").unwrap().1.contains("does not belong to this Registry"));
     let pvc = json(&cp, &["get", "pvc", "taken-data"]).unwrap();
     assert!(pvc["metadata"]["annotations"]["berth.dev/registry-uid"].is_null(), "foreign claim was adopted");
@@ -234,13 +286,18 @@ fn the_rendered_pod_runs_the_registry() {
         let source = if name == "config" { &config_dir } else { &data_dir };
         binds += &format!("mkdir -p '{path}' && mount --bind '{}' '{path}'\n", source.display());
     }
-    let registry_bin = std::env::var_os("BERTH_REGISTRY_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("berth-registry")
-    });
+    let registry_bin = std::env::var_os("BERTH_REGISTRY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("berth-registry"));
     let crane = std::env::var_os("BERTH_CRANE").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/berth/gobin/crane-v0.22.1/crane")
     });
-    assert!(registry_bin.exists() && crane.exists(), "needs {} and {} (tests/run provides both)", registry_bin.display(), crane.display());
+    assert!(
+        registry_bin.exists() && crane.exists(),
+        "needs {} and {} (tests/run provides both)",
+        registry_bin.display(),
+        crane.display()
+    );
     let bin_dir = work.path().join("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
     std::fs::copy(&registry_bin, bin_dir.join("berth-registry")).unwrap();
@@ -265,7 +322,10 @@ cd '{work}' && tar -cf layer.tar layer.txt
         crane = crane.display(),
         command = quoted.join(" "),
     );
-    let out = Command::new("unshare").args(["--mount", "--net", "--fork", "--kill-child", "bash", "-c", &script]).output().unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--net", "--fork", "--kill-child", "bash", "-c", &script])
+        .output()
+        .unwrap();
     let log = std::fs::read_to_string(work.path().join("registry.log")).unwrap_or_default();
     assert!(out.status.success(), "pod run failed: {}\nregistry log:\n{log}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from a pod");

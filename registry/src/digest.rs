@@ -73,13 +73,12 @@ impl Digest {
 impl FromStr for Digest {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        let (algorithm, hex) = s
-            .split_once(':')
-            .ok_or_else(|| Error::DigestInvalid(format!("{s:?} is not of the form algorithm:hex")))?;
+        let (algorithm, hex) =
+            s.split_once(':').ok_or_else(|| Error::DigestInvalid(format!("{s:?} is not of the form algorithm:hex")))?;
         let algorithm_ok = !algorithm.is_empty()
-            && algorithm.split(['+', '.', '_', '-']).all(|part| {
-                !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            });
+            && algorithm
+                .split(['+', '.', '_', '-'])
+                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
         if !algorithm_ok {
             return Err(Error::DigestInvalid(format!("malformed digest algorithm in {s:?}")));
         }

@@ -105,15 +105,14 @@ impl IntoResponse for Error {
             tracing::debug!(error = %self, code, "request refused");
         }
         let extra: Vec<(header::HeaderName, String)> = match &self {
-            Error::ChunkOutOfOrder { offset, location, .. } => vec![
-                (header::RANGE, crate::api::upload_range(*offset)),
-                (header::LOCATION, location.clone()),
-            ],
+            Error::ChunkOutOfOrder { offset, location, .. } => {
+                vec![(header::RANGE, crate::api::upload_range(*offset)), (header::LOCATION, location.clone())]
+            }
             Error::BlobRangeInvalid { size } => vec![(header::CONTENT_RANGE, format!("bytes */{size}"))],
             _ => Vec::new(),
         };
-        let body = serde_json::to_vec(&Body { errors: [Entry { code, message: self.to_string() }] })
-            .unwrap_or_default();
+        let body =
+            serde_json::to_vec(&Body { errors: [Entry { code, message: self.to_string() }] }).unwrap_or_default();
         let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         for (name, value) in extra {
             if let Ok(value) = HeaderValue::from_str(&value) {

@@ -14,9 +14,8 @@ use crate::error::Error;
 /// Distribution refuses longer names; the full reference must stay usable by clients.
 pub const MAX_NAME_LEN: usize = 255;
 
-static NAME: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$").unwrap()
-});
+static NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$").unwrap());
 static TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$").unwrap());
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,7 +64,9 @@ impl FromStr for Tag {
         if TAG.is_match(s) {
             Ok(Tag(s.to_owned()))
         } else {
-            Err(Error::TagInvalid(format!("{s:?} is not a tag: up to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'")))
+            Err(Error::TagInvalid(format!(
+                "{s:?} is not a tag: up to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'"
+            )))
         }
     }
 }

@@ -45,7 +45,12 @@ async fn range_requests() {
     // Large blobs are served from a memory map; ranges at unaligned offsets too.
     let large: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let large_digest = reg.push_blob("r", &large).await;
-    let r = reg.req(Method::GET, &format!("/v2/r/blobs/{large_digest}")).header("range", "bytes=300001-2999998").send().await.unwrap();
+    let r = reg
+        .req(Method::GET, &format!("/v2/r/blobs/{large_digest}"))
+        .header("range", "bytes=300001-2999998")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.bytes().await.unwrap(), large[300_001..2_999_999]);
     assert_eq!(reg.get(&format!("/v2/r/blobs/{large_digest}")).await.bytes().await.unwrap(), large);
@@ -133,7 +138,12 @@ async fn monolithic_push_verifies_the_digest_and_stores_nothing_on_mismatch() {
     assert!(files_below(&reg.root.join("tmp")).is_empty());
 
     let sha512 = Digest::of(Algorithm::Sha512, b"sha512 content");
-    let r = reg.req(Method::POST, &format!("/v2/m/blobs/uploads/?digest={sha512}")).body("sha512 content").send().await.unwrap();
+    let r = reg
+        .req(Method::POST, &format!("/v2/m/blobs/uploads/?digest={sha512}"))
+        .body("sha512 content")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(reg.get(&format!("/v2/m/blobs/{sha512}")).await.bytes().await.unwrap(), "sha512 content");
 }

@@ -130,9 +130,8 @@ async fn acknowledged_data_survives_kill_9() {
     let acked = Arc::new(Mutex::new(Acked::default()));
     for round in 0..3u64 {
         let mut server = spawn(dir.path()).await;
-        let workers: Vec<_> = (0..6)
-            .map(|w| tokio::spawn(pusher(server.base.clone(), round * 100 + w, acked.clone())))
-            .collect();
+        let workers: Vec<_> =
+            (0..6).map(|w| tokio::spawn(pusher(server.base.clone(), round * 100 + w, acked.clone()))).collect();
         tokio::time::sleep(Duration::from_millis(700 + round * 400)).await;
         server.child.kill().unwrap(); // SIGKILL
         server.child.wait().unwrap();

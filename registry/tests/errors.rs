@@ -35,7 +35,11 @@ async fn invalid_digests() {
     let reg = Registry::start().await;
     for digest in ["sha256:abc", "md5:d41d8cd98f00b204e9800998ecf8427e", "nocolon", "sha256:../../etc"] {
         let r = reg.get(&format!("/v2/x/blobs/{digest}")).await;
-        assert!(r.status() == StatusCode::BAD_REQUEST || r.status() == StatusCode::NOT_FOUND, "{digest}: {}", r.status());
+        assert!(
+            r.status() == StatusCode::BAD_REQUEST || r.status() == StatusCode::NOT_FOUND,
+            "{digest}: {}",
+            r.status()
+        );
         let r = reg.req(Method::POST, &format!("/v2/x/blobs/uploads/?digest={digest}")).body("x").send().await.unwrap();
         assert_error(r, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
     }

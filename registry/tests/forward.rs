@@ -20,7 +20,8 @@ async fn push_and_pull_through_the_forwarder() {
 
     let layer: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
     let (digest, _) = via.push_image("through/forwarder", "v1", &layer).await;
-    let r = reg.req(Method::GET, "/v2/through/forwarder/manifests/v1").header("accept", OCI_MANIFEST).send().await.unwrap();
+    let r =
+        reg.req(Method::GET, "/v2/through/forwarder/manifests/v1").header("accept", OCI_MANIFEST).send().await.unwrap();
     assert_eq!(header(&r, "docker-content-digest"), digest.to_string(), "not stored upstream");
     let layer_digest = Digest::of(Algorithm::Sha256, &layer);
     let r = via.get(&format!("/v2/through/forwarder/blobs/{layer_digest}")).await;

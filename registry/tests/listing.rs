@@ -60,13 +60,17 @@ async fn referrers_list_filter_and_cleanup() {
 
     let sig = serde_json::to_vec(&reg.image_manifest("ref", b"sig", Some(subject_desc)).await).unwrap();
     let sig_digest = Digest::of(Algorithm::Sha256, &sig);
-    assert_eq!(reg.put_manifest("ref", &sig_digest.to_string(), OCI_MANIFEST, &sig).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        reg.put_manifest("ref", &sig_digest.to_string(), OCI_MANIFEST, &sig).await.status(),
+        StatusCode::CREATED
+    );
 
     let r = reg.get(&format!("/v2/ref/referrers/{subject}")).await;
     assert_eq!(header(&r, "content-type"), OCI_INDEX);
     let index: Value = r.json().await.unwrap();
     assert_eq!(index["schemaVersion"], 2);
-    let mut found: Vec<_> = index["manifests"].as_array().unwrap().iter().map(|d| d["digest"].as_str().unwrap().to_owned()).collect();
+    let mut found: Vec<_> =
+        index["manifests"].as_array().unwrap().iter().map(|d| d["digest"].as_str().unwrap().to_owned()).collect();
     found.sort();
     let mut expected = vec![sbom_digest.to_string(), sig_digest.to_string()];
     expected.sort();
@@ -75,10 +79,13 @@ async fn referrers_list_filter_and_cleanup() {
     let r = reg.get(&format!("/v2/ref/referrers/{subject}?artifactType=application/spdx%2Bjson")).await;
     assert_eq!(header(&r, "oci-filters-applied"), "artifactType");
     let index: Value = r.json().await.unwrap();
-    assert_eq!(index["manifests"], json!([{
-        "mediaType": OCI_MANIFEST, "digest": sbom_digest.to_string(), "size": sbom.len(),
-        "artifactType": "application/spdx+json", "annotations": {"org.example": "yes"}
-    }]));
+    assert_eq!(
+        index["manifests"],
+        json!([{
+            "mediaType": OCI_MANIFEST, "digest": sbom_digest.to_string(), "size": sbom.len(),
+            "artifactType": "application/spdx+json", "annotations": {"org.example": "yes"}
+        }])
+    );
     // Without artifactType the config's media type is reported.
     let r = reg.get(&format!("/v2/ref/referrers/{subject}?artifactType={}", OCI_CONFIG.replace('+', "%2B"))).await;
     assert_eq!(r.json::<Value>().await.unwrap()["manifests"][0]["digest"], sig_digest.to_string());

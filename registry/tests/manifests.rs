@@ -24,12 +24,22 @@ async fn put_and_get_by_tag_and_digest_byte_for_byte() {
     assert_eq!(header(&r, "location"), format!("/v2/img/manifests/{digest}"));
 
     for reference in ["v1".to_owned(), digest.to_string()] {
-        let r = reg.req(Method::GET, &format!("/v2/img/manifests/{reference}")).header("accept", OCI_MANIFEST).send().await.unwrap();
+        let r = reg
+            .req(Method::GET, &format!("/v2/img/manifests/{reference}"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(header(&r, "content-type"), OCI_MANIFEST);
         assert_eq!(header(&r, "docker-content-digest"), digest.to_string());
         assert_eq!(r.bytes().await.unwrap(), body);
-        let r = reg.req(Method::HEAD, &format!("/v2/img/manifests/{reference}")).header("accept", OCI_MANIFEST).send().await.unwrap();
+        let r = reg
+            .req(Method::HEAD, &format!("/v2/img/manifests/{reference}"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(header(&r, "content-length"), body.len().to_string());
     }
@@ -122,7 +132,12 @@ async fn invalid_manifests_are_refused_with_nothing_stored() {
 async fn handlers_are_switched_by_configuration() {
     let reg = Registry::with(|c| c.manifests.oci.image_manifest = false).await;
     let body = bytes(&reg.image_manifest("off", b"l", None).await);
-    let message = assert_error(reg.put_manifest("off", "t", OCI_MANIFEST, &body).await, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    let message = assert_error(
+        reg.put_manifest("off", "t", OCI_MANIFEST, &body).await,
+        StatusCode::BAD_REQUEST,
+        "MANIFEST_INVALID",
+    )
+    .await;
     assert!(message.contains(OCI_MANIFEST), "{message}");
 
     let config = reg.push_blob("s1", b"{}").await;
@@ -130,7 +145,12 @@ async fn handlers_are_switched_by_configuration() {
         "schemaVersion": 1, "name": "s1", "tag": "old", "architecture": "amd64",
         "fsLayers": [{"blobSum": config.to_string()}], "history": [{"v1Compatibility": "{}"}]
     });
-    let message = assert_error(reg.put_manifest("s1", "old", DOCKER_SCHEMA1, &bytes(&schema1)).await, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    let message = assert_error(
+        reg.put_manifest("s1", "old", DOCKER_SCHEMA1, &bytes(&schema1)).await,
+        StatusCode::BAD_REQUEST,
+        "MANIFEST_INVALID",
+    )
+    .await;
     assert!(message.contains("disabled"), "{message}");
 
     let legacy = Registry::with(|c| c.manifests.docker.schema1 = true).await;
@@ -151,7 +171,10 @@ async fn push_docker_list(reg: &Registry, repo: &str) -> (Digest, Digest) {
         "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": layer.to_string(), "size": 5}]
     }));
     let image_digest = Digest::of(Algorithm::Sha256, &image);
-    assert_eq!(reg.put_manifest(repo, &image_digest.to_string(), DOCKER_SCHEMA2, &image).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        reg.put_manifest(repo, &image_digest.to_string(), DOCKER_SCHEMA2, &image).await.status(),
+        StatusCode::CREATED
+    );
     let list = bytes(&json!({
         "schemaVersion": 2, "mediaType": DOCKER_LIST,
         "manifests": [{"mediaType": DOCKER_SCHEMA2, "digest": image_digest.to_string(), "size": image.len(),
@@ -168,7 +191,12 @@ async fn content_negotiation_follows_distribution() {
     // OCI manifests go only to clients that accept them.
     let r = reg.get("/v2/neg/manifests/oci").await;
     assert_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
-    let r = reg.req(Method::GET, &format!("/v2/neg/manifests/{digest}")).header("accept", format!("{DOCKER_SCHEMA2}, {OCI_MANIFEST};q=0.5")).send().await.unwrap();
+    let r = reg
+        .req(Method::GET, &format!("/v2/neg/manifests/{digest}"))
+        .header("accept", format!("{DOCKER_SCHEMA2}, {OCI_MANIFEST};q=0.5"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
     let (image, list) = push_docker_list(&reg, "neg").await;
@@ -192,17 +220,39 @@ async fn delete_by_tag_and_by_digest() {
     let (digest, _) = reg.push_image("del", "one", b"l").await;
     let body = reg.get(&format!("/v2/del/manifests/{digest}")).await;
     assert_eq!(body.status(), StatusCode::NOT_FOUND, "no Accept header: OCI manifest hidden");
-    let r = reg.put_manifest("del", "two", OCI_MANIFEST, &reg.req(Method::GET, "/v2/del/manifests/one").header("accept", OCI_MANIFEST).send().await.unwrap().bytes().await.unwrap()).await;
+    let r = reg
+        .put_manifest(
+            "del",
+            "two",
+            OCI_MANIFEST,
+            &reg.req(Method::GET, "/v2/del/manifests/one")
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
 
     assert_eq!(reg.req(Method::DELETE, "/v2/del/manifests/one").send().await.unwrap().status(), StatusCode::ACCEPTED);
     let tags: serde_json::Value = reg.get("/v2/del/tags/list").await.json().await.unwrap();
     assert_eq!(tags["tags"], json!(["two"]));
     // Deleting by digest removes the manifest and every tag on it.
-    assert_eq!(reg.req(Method::DELETE, &format!("/v2/del/manifests/{digest}")).send().await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        reg.req(Method::DELETE, &format!("/v2/del/manifests/{digest}")).send().await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
     let tags: serde_json::Value = reg.get("/v2/del/tags/list").await.json().await.unwrap();
     assert_eq!(tags["tags"], json!([]));
-    let r = reg.req(Method::GET, &format!("/v2/del/manifests/{digest}")).header("accept", OCI_MANIFEST).send().await.unwrap();
+    let r = reg
+        .req(Method::GET, &format!("/v2/del/manifests/{digest}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
     assert_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
     let r = reg.req(Method::DELETE, &format!("/v2/del/manifests/{digest}")).send().await.unwrap();
     assert_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;

@@ -192,7 +192,8 @@ async fn concurrent_pushes_of_the_same_blob() {
             } else {
                 let loc = start(&reg, &repo).await;
                 let r = patch(&reg, &loc, None, &data).await;
-                let r = reg.req(Method::PUT, &format!("{}?digest={digest}", header(&r, "location"))).send().await.unwrap();
+                let r =
+                    reg.req(Method::PUT, &format!("{}?digest={digest}", header(&r, "location"))).send().await.unwrap();
                 assert_eq!(r.status(), StatusCode::CREATED);
             }
         }));

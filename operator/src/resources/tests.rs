@@ -135,7 +135,10 @@ fn node_access_forwards_from_node_loopback_to_the_service() {
     assert_eq!(cm.metadata.namespace.as_deref(), Some("kube-public"));
     assert_eq!(cm.metadata.name.as_deref(), Some("local-registry-hosting"));
     let doc = &cm.data.unwrap()["localRegistryHosting.v1"];
-    assert!(doc.contains("host: \"localhost:5555\"") && doc.contains("hostFromClusterNetwork: \"cache.team.svc:6000\""), "{doc}");
+    assert!(
+        doc.contains("host: \"localhost:5555\"") && doc.contains("hostFromClusterNetwork: \"cache.team.svc:6000\""),
+        "{doc}"
+    );
 }
 
 #[test]

@@ -66,9 +66,9 @@ async fn default_platform(
         .manifests
         .iter()
         .find(|c| {
-            c.platform.as_ref().is_some_and(|p| {
-                p.os == negotiate::DEFAULT_OS && p.architecture == negotiate::DEFAULT_ARCHITECTURE
-            })
+            c.platform
+                .as_ref()
+                .is_some_and(|p| p.os == negotiate::DEFAULT_OS && p.architecture == negotiate::DEFAULT_ARCHITECTURE)
         })
         .ok_or_else(|| Error::ManifestUnknown("the manifest list has no linux/amd64 manifest".into()))?;
     let stored = app.storage.manifest_get(repo, &child.digest).await?.ok_or_else(Error::manifest_unknown)?;
@@ -126,10 +126,10 @@ pub async fn put(app: &App, repo: &RepoName, reference: &str, req: Req) -> Resul
             return Err(Error::ManifestBlobUnknown(child.to_string()));
         }
     }
-    let referrer = parsed.subject.clone().map(|subject| Referrer {
-        subject,
-        descriptor: parsed.referrer_descriptor(&digest, bytes.len() as u64),
-    });
+    let referrer = parsed
+        .subject
+        .clone()
+        .map(|subject| Referrer { subject, descriptor: parsed.referrer_descriptor(&digest, bytes.len() as u64) });
     let stored = StoredManifest { media_type: parsed.media_type.to_owned(), bytes };
     app.storage.manifest_put(repo, &digest, stored, referrer).await?;
     for tag in &tags {

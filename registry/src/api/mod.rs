@@ -71,9 +71,7 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 async fn api_version_header(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    response.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
     response
 }
 
@@ -163,11 +161,8 @@ impl Req {
 async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let rest = parts.uri.path().strip_prefix("/v2/").unwrap_or_default().to_owned();
-    let query = parts
-        .uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let query =
+        parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
     let req = Req { method: parts.method, headers: parts.headers, query, body };
     route(&app, &rest, req).await.unwrap_or_else(IntoResponse::into_response)
 }

@@ -15,7 +15,9 @@ pub struct Page {
 pub fn paginate(items: Vec<String>, req: &Req, path: &str) -> Result<Page> {
     let n = req
         .param("n")
-        .map(|v| v.parse::<usize>().map_err(|_| Error::BadRequest(format!("n must be a non-negative integer, got {v:?}"))))
+        .map(|v| {
+            v.parse::<usize>().map_err(|_| Error::BadRequest(format!("n must be a non-negative integer, got {v:?}")))
+        })
         .transpose()?;
     let start = match req.param("last") {
         Some(last) => items.partition_point(|item| item.as_str() <= last),

@@ -43,9 +43,7 @@ impl Descriptor {
         if self.media_type.is_empty() {
             return Err(Error::ManifestInvalid(format!("{field}: mediaType is required")));
         }
-        self.digest
-            .parse()
-            .map_err(|e: Error| Error::ManifestInvalid(format!("{field}: {e}")))
+        self.digest.parse().map_err(|e: Error| Error::ManifestInvalid(format!("{field}: {e}")))
     }
 
     pub fn is_foreign(&self) -> bool {

@@ -44,10 +44,8 @@ pub fn parse(bytes: &[u8], media_type: &'static str) -> Result<Parsed, Error> {
     }
     let mut parsed = Parsed::new(Kind::DockerSchema1, media_type);
     for (i, layer) in m.fs_layers.iter().enumerate() {
-        let digest = layer
-            .blob_sum
-            .parse()
-            .map_err(|e: Error| Error::ManifestInvalid(format!("fsLayers[{i}].blobSum: {e}")))?;
+        let digest =
+            layer.blob_sum.parse().map_err(|e: Error| Error::ManifestInvalid(format!("fsLayers[{i}].blobSum: {e}")))?;
         if !parsed.blobs.contains(&digest) {
             parsed.blobs.push(digest);
         }

@@ -1,8 +1,8 @@
 //! What OCI image manifests and Docker schema2 manifests have in common: a config
 //! blob and a list of layers.
 
-use super::descriptor::Descriptor;
 use super::Parsed;
+use super::descriptor::Descriptor;
 use crate::error::Error;
 
 /// Collects the references of a config + layers manifest into `parsed`.

@@ -6,12 +6,18 @@ use super::{ChildManifest, Parsed};
 use crate::config::Platform;
 use crate::error::Error;
 
-pub fn collect_index_children(parsed: &mut Parsed, manifests: &[Descriptor], platform_required: bool) -> Result<(), Error> {
+pub fn collect_index_children(
+    parsed: &mut Parsed,
+    manifests: &[Descriptor],
+    platform_required: bool,
+) -> Result<(), Error> {
     for (i, child) in manifests.iter().enumerate() {
         let field = format!("manifests[{i}]");
         let digest = child.checked_digest(&field)?;
         let platform = match &child.platform {
-            Some(p) => Some(Platform { os: p.os.clone(), architecture: p.architecture.clone(), variant: p.variant.clone() }),
+            Some(p) => {
+                Some(Platform { os: p.os.clone(), architecture: p.architecture.clone(), variant: p.variant.clone() })
+            }
             None if platform_required => {
                 return Err(Error::ManifestInvalid(format!("{field}: platform is required in a manifest list")));
             }

@@ -56,12 +56,12 @@ pub const DEFAULT_ARCHITECTURE: &str = "amd64";
 
 pub fn decide(kind: Kind, accepts: Accepts, by_tag: bool) -> Result<Outcome, Error> {
     match kind {
-        Kind::OciImageManifest if !accepts.oci_manifest => Err(Error::ManifestUnknown(
-            "OCI manifest found, but the Accept header does not allow OCI manifests".into(),
-        )),
-        Kind::OciImageIndex if !accepts.oci_index => Err(Error::ManifestUnknown(
-            "OCI index found, but the Accept header does not allow OCI indexes".into(),
-        )),
+        Kind::OciImageManifest if !accepts.oci_manifest => {
+            Err(Error::ManifestUnknown("OCI manifest found, but the Accept header does not allow OCI manifests".into()))
+        }
+        Kind::OciImageIndex if !accepts.oci_index => {
+            Err(Error::ManifestUnknown("OCI index found, but the Accept header does not allow OCI indexes".into()))
+        }
         Kind::DockerManifestList if by_tag && !accepts.manifest_list => Ok(Outcome::DefaultPlatform),
         _ => Ok(Outcome::Serve),
     }

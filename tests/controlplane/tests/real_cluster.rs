@@ -46,10 +46,19 @@ fn crd_and_custom_resources_are_validated_by_the_api_server() {
     let explain = cp.kubectl_ok(&["explain", "widget.spec.size"]);
     assert!(explain.contains("How many parts the widget has"), "{explain}");
 
-    let out = cp.kubectl_with_input(&["apply", "-f", "-"], "apiVersion: test.berth.dev/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 0}\n");
+    let out = cp.kubectl_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: test.berth.dev/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 0}\n",
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("spec.size") && err.contains("should be greater than or equal to 1"), "{err}");
-    let out = cp.kubectl_with_input(&["apply", "-f", "-"], "apiVersion: test.berth.dev/v1\nkind: Widget\nmetadata: {name: w3}\nspec: {size: 11}\n");
+    assert!(
+        !out.status.success() && err.contains("spec.size") && err.contains("should be greater than or equal to 1"),
+        "{err}"
+    );
+    let out = cp.kubectl_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: test.berth.dev/v1\nkind: Widget\nmetadata: {name: w3}\nspec: {size: 11}\n",
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("size may be at most 10"), "CEL rule not enforced: {err}");
 }
@@ -61,7 +70,14 @@ fn controller_manager_runs_deployments_and_garbage_collection() {
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: registry.invalid/web:1}]}\n",
     );
     let rs = eventually(60, || {
-        let out = cp.kubectl_ok(&["get", "replicasets", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.ownerReferences[0].name}"]);
+        let out = cp.kubectl_ok(&[
+            "get",
+            "replicasets",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].metadata.ownerReferences[0].name}",
+        ]);
         (out == "web").then_some(out)
     });
     assert!(rs.is_some(), "no ReplicaSet was created for the Deployment");

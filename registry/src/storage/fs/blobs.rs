@@ -158,7 +158,8 @@ impl FsStorage {
         })
         .await?
         .ok_or(Error::BlobUnknown)?;
-        let chunks = (0..bytes.len()).step_by(SEND_CHUNK).map(move |at| Ok(bytes.slice(at..(at + SEND_CHUNK).min(bytes.len()))));
+        let chunks =
+            (0..bytes.len()).step_by(SEND_CHUNK).map(move |at| Ok(bytes.slice(at..(at + SEND_CHUNK).min(bytes.len()))));
         Ok(Box::pin(futures_util::stream::iter(chunks.collect::<Vec<_>>())))
     }
 

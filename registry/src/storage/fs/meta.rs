@@ -60,8 +60,10 @@ async fn read_cached<V: Clone>(
 impl FsStorage {
     pub(super) async fn revision(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Revision>> {
         let path = self.revision_link(repo, digest);
-        read_cached(&self.caches.revisions, path, |path, bytes| serde_json::from_slice(&bytes).map_err(|e| corrupt(path, e)))
-            .await
+        read_cached(&self.caches.revisions, path, |path, bytes| {
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(path, e))
+        })
+        .await
     }
 
     pub(super) async fn get_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>> {
@@ -87,10 +89,8 @@ impl FsStorage {
         manifest: StoredManifest,
         referrer: Option<Referrer>,
     ) -> Result<()> {
-        let revision = Revision {
-            media_type: manifest.media_type,
-            subject: referrer.as_ref().map(|r| r.subject.clone()),
-        };
+        let revision =
+            Revision { media_type: manifest.media_type, subject: referrer.as_ref().map(|r| r.subject.clone()) };
         let revision_json = serde_json::to_vec(&revision).map_err(|e| Error::Internal(e.to_string()))?;
         let referrer = referrer
             .map(|r| {
@@ -216,7 +216,10 @@ impl FsStorage {
             for name in durable::list_dir(&dir)? {
                 let path = dir.join(&name);
                 if let Some(bytes) = durable::read_optional(&path)? {
-                    out.push(serde_json::from_slice(&bytes).map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?);
+                    out.push(
+                        serde_json::from_slice(&bytes)
+                            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?,
+                    );
                 }
             }
             Ok(out)

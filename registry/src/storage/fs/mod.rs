@@ -80,7 +80,6 @@ impl FsStorage {
     fn referrer_path(&self, repo: &RepoName, subject: &Digest, d: &Digest) -> PathBuf {
         self.referrers_dir(repo, subject).join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
     }
-
 }
 
 #[async_trait]

@@ -12,8 +12,8 @@
 
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom};
-use std::sync::Arc;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -142,10 +142,7 @@ impl FsStorage {
             && expected != written.len
         {
             // The recorded offset is unchanged, so the extra bytes are cut next time.
-            return Err(Error::UploadInvalid(format!(
-                "chunk announced {expected} bytes but carried {}",
-                written.len
-            )));
+            return Err(Error::UploadInvalid(format!("chunk announced {expected} bytes but carried {}", written.len)));
         }
         Ok((offset + written.len, written.hasher))
     }
