@@ -103,10 +103,12 @@ impl Server {
             .unwrap_or_else(|e| panic!("starting {kind:?}: {e}"));
         let base = format!("http://127.0.0.1:{port}");
         let probe = if kind == Kind::Nginx { format!("{base}/") } else { format!("{base}/v2/") };
+        // Owned by the Server at once, so that a panic below still kills and reaps it.
+        let server = Server { base, child, dir };
         let client = reqwest::Client::new();
         for _ in 0..200 {
             if client.get(&probe).send().await.is_ok() {
-                return Server { base, child, dir };
+                return server;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -133,7 +135,7 @@ impl Drop for Server {
 
 /// Benchmarks write gigabytes; keep them on the disk under test, not in tmpfs.
 pub fn bench_tmp() -> PathBuf {
-    let dir = std::env::var_os("BERTH_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir());
+    let dir = std::env::var_os("BERTH_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -59,8 +59,7 @@ impl Blob {
 
 fn location(base: &str, r: &reqwest::Response) -> String {
     let loc = r.headers().get("location").and_then(|v| v.to_str().ok()).expect("upload location");
-    let url = if loc.starts_with("http") { loc.to_owned() } else { format!("{base}{loc}") };
-    url
+    if loc.starts_with("http") { loc.to_owned() } else { format!("{base}{loc}") }
 }
 
 fn with_digest(url: &str, digest: &str) -> String {

@@ -64,12 +64,14 @@ fn meta(reg: &Registry, name: String, owned: bool) -> ObjectMeta {
 
 /// The registry's own configuration for this Registry.
 pub fn registry_config(reg: &Registry) -> Config {
-    let mut config = Config::default();
-    config.listen = format!("0.0.0.0:{REGISTRY_PORT}");
+    let mut config = Config {
+        listen: format!("0.0.0.0:{REGISTRY_PORT}"),
+        delete_enabled: reg.spec.delete_enabled,
+        read_only: reg.spec.read_only,
+        manifests: reg.spec.manifests.clone(),
+        ..Config::default()
+    };
     config.storage.root = DATA_DIR.into();
-    config.delete_enabled = reg.spec.delete_enabled;
-    config.read_only = reg.spec.read_only;
-    config.manifests = reg.spec.manifests.clone();
     config.log.format = LogFormat::Json;
     config
 }

@@ -32,14 +32,16 @@ async fn spawn(root: &std::path::Path) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Server { child, base: format!("http://127.0.0.1:{port}") };
     let client = Client::new();
     for _ in 0..200 {
-        if client.get(format!("{base}/v2/")).send().await.is_ok() {
-            return Server { child, base };
+        if client.get(format!("{}/v2/", server.base)).send().await.is_ok() {
+            return server;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let _ = server.child.kill();
+    let _ = server.child.wait();
     panic!("registry did not start");
 }
 
