@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# berth on a real node: the control plane with a kubelet, containerd, kube-proxy and
+# CoreDNS (tests/controlplane/up --node). The berth image is built from the release
+# binaries and pushed to the node's bootstrap registry; then the install manifests
+# (operator Deployment included) and a Registry are applied as a user would, images
+# are pushed and pulled back, pods run from them through node access, a config
+# change rolls the registry, kill -9 of the registry loses nothing acknowledged, and
+# deletion cleans up per the retention policy.
+set -euo pipefail
+# shellcheck source=tests/lib/common.sh
+source "$(dirname "$0")/lib/common.sh"
+cd "$REPO_ROOT"
+
+work=$(mktemp -d)
+pf_pid=""
+cleanup() {
+  [ -n "$pf_pid" ] && kill "$pf_pid" 2>/dev/null
+  tests/controlplane/down "$work/cp" >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+started=$(date +%s)
+eval "$(BERTH_CP_OWNER_PID=$$ tests/controlplane/up --node "$work/cp")"
+echo "control plane and node up in $(( $(date +%s) - started ))s"
+read -r netns _ <"$work/cp/node/netns"
+in_node() { nsenter --net="/run/netns/$netns" "$@"; }
+copy=(skopeo copy -q --src-tls-verify=false --dest-tls-verify=false --preserve-digests)
+rel="$CARGO_TARGET_DIR/release"
+image=localhost:5000/berth:test
+
+# The berth image: both release binaries and the shared libraries they load.
+build_image() {
+  local args=(--out "$work/berth-image" --user 65532:65532)
+  local lib
+  args+=(--file "$rel/berth-registry:/usr/local/bin/berth-registry" --file "$rel/berth-operator:/usr/local/bin/berth-operator")
+  for lib in $(ldd "$rel/berth-registry" "$rel/berth-operator" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u); do
+    args+=(--file "$lib:$lib")
+  done
+  python3 tests/node/mkimage.py "${args[@]}" && in_node "${copy[@]}" "oci:$work/berth-image" "docker://$image"
+}
+check "the berth image is built and pushed to the node's registry" build_image
+
+install_runs() {
+  # The operator's image and its --registry-image, as a user pointing at their own build.
+  sed "s|[[:space:]]berth:0.1.0\$| $image|" manifests/install.yaml |
+    kubectl apply --server-side -f - >/dev/null || return 1
+  if ! kubectl -n berth-system rollout status deploy/berth-operator --timeout=180s >/dev/null; then
+    kubectl -n berth-system describe pods; return 1
+  fi
+}
+check "install.yaml: the operator Deployment runs from the image" install_runs
+
+registry_ready() { # NAME: Ready with one ready replica
+  kubectl wait --for=condition=Ready "registry/$1" --timeout=180s >/dev/null || {
+    kubectl get registry "$1" -o yaml; kubectl describe pods; kubectl -n berth-system logs deploy/berth-operator --tail 30; return 1; }
+  [ "$(kubectl get registry "$1" -o 'jsonpath={.status.readyReplicas}')" = 1 ]
+}
+minimal_ready() {
+  kubectl apply -f manifests/examples/minimal.yaml >/dev/null && registry_ready registry &&
+    kubectl get registry registry | tee "$work/get-reg" && grep -q True "$work/get-reg"
+}
+check "examples/minimal.yaml: the Registry is Ready with 1 ready replica" minimal_ready
+
+svc=$(kubectl get svc registry -o 'jsonpath={.spec.clusterIP}'):5000
+# Test images: busybox, which prints what it is told; a multi-arch index of it.
+mkimg() { # DIR [--arch A ...]
+  local dir=$1 links=() cmd; shift
+  for cmd in sh echo sleep cat; do links+=(--link "/bin/$cmd:busybox"); done
+  python3 tests/node/mkimage.py --out "$dir" --file /bin/busybox:/bin/busybox "${links[@]}" "$@"
+}
+blob_sums() { (cd "$1/blobs" && find . -type f -print0 | sort -z | xargs -0 sha256sum); }
+
+push_and_pull_back() {
+  service_up || return 1
+  mkimg "$work/app" && in_node "${copy[@]}" "oci:$work/app" "docker://$svc/team/app:1" || return 1
+  # Back through kubectl port-forward: API server -> egress proxy -> kubelet -> pod.
+  kubectl port-forward svc/registry :5000 >"$work/pf.log" 2>&1 &
+  pf_pid=$!
+  local port=""
+  for _ in $(seq 1 100); do
+    port=$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\).*/\1/p' "$work/pf.log")
+    [ -n "$port" ] && break; sleep 0.1
+  done
+  [ -n "$port" ] || { cat "$work/pf.log"; return 1; }
+  "${copy[@]}" "docker://127.0.0.1:$port/team/app:1" "oci:$work/app-back" || return 1
+  kill "$pf_pid"; pf_pid=""
+  diff <(blob_sums "$work/app") <(blob_sums "$work/app-back")
+}
+check "an image pushed through the Service is pulled back byte-exact (port-forward)" push_and_pull_back
+
+pod_runs() { # NAME IMAGE: the pod is Running and its log shows the program ran
+  kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: default}
+spec:
+  containers:
+  - {name: app, image: "$2", command: [sh, -c, "echo $1 ran; sleep 3600"]}
+YAML
+  kubectl wait --for=condition=Ready "pod/$1" --timeout=120s >/dev/null || { kubectl describe pod "$1"; return 1; }
+  [ "$(kubectl logs "$1")" = "$1 ran" ]
+}
+
+node_access() {
+  kubectl patch registry registry --type merge -p '{"spec":{"nodeAccess":{"enabled":true,"port":5001}}}' >/dev/null ||
+    return 1
+  if ! kubectl rollout status daemonset/registry-node-access --timeout=120s >/dev/null; then
+    kubectl get ds -o wide; kubectl describe pods -l app.kubernetes.io/component=node-access; return 1
+  fi
+  kubectl -n kube-public get configmap local-registry-hosting -o 'jsonpath={.data.localRegistryHosting\.v1}' | grep -q 'localhost:5001' &&
+    pod_runs from-node-access localhost:5001/team/app:1
+}
+check "node access: a pod runs from localhost:5001/team/app:1" node_access
+
+multi_arch() {
+  mkimg "$work/multi" --arch amd64 --arch arm64 &&
+    in_node "${copy[@]}" --all "oci:$work/multi" "docker://$svc/team/multi:1" &&
+    [ "$(in_node skopeo inspect --raw --tls-verify=false "docker://$svc/team/multi:1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["manifests"]))')" = 2 ] &&
+    pod_runs from-index localhost:5001/team/multi:1
+}
+check "node access: a pod runs from a multi-arch index pushed with skopeo --all" multi_arch
+
+registry_pod() { kubectl get pods -l app.kubernetes.io/instance=registry,!app.kubernetes.io/component -o 'jsonpath={.items[0].metadata.name}'; }
+# A pod that just became Ready is behind the Service IP once kube-proxy has synced.
+service_up() {
+  for _ in $(seq 1 100); do in_node curl -fsS -o /dev/null "http://$svc/v2/" 2>/dev/null && return 0; sleep 0.2; done
+  echo "the Service $svc does not answer"; return 1
+}
+all_images_intact() {
+  service_up || return 1
+  in_node "${copy[@]}" "docker://$svc/team/app:1" "oci:$work/check-$1" || return 1
+  diff <(blob_sums "$work/app") <(blob_sums "$work/check-$1")
+}
+config_change_rolls() {
+  local before after
+  before=$(registry_pod)
+  kubectl patch registry registry --type merge -p '{"spec":{"manifests":{"docker":{"schema1":true}}}}' >/dev/null || return 1
+  for _ in $(seq 1 120); do
+    after=$(registry_pod 2>/dev/null)
+    [ -n "$after" ] && [ "$after" != "$before" ] && break; sleep 1
+  done
+  [ "$after" != "$before" ] || { echo "the registry pod did not roll"; return 1; }
+  kubectl wait --for=condition=Ready "pod/$after" --timeout=120s >/dev/null && registry_ready registry && kubectl get configmap registry-config -o yaml | grep -q 'schema1: true' &&
+    all_images_intact rolled
+}
+check "a spec.manifests change rolls the pod; the images survive on the claim" config_change_rolls
+
+kill_9_loses_nothing() {
+  local pod pid acked=() i
+  pod=$(registry_pod)
+  # Pushes of distinct images (a random 256 KiB file each) go on while the registry
+  # is killed; every acknowledged one must survive.
+  : >"$work/acked"
+  (for i in $(seq 1 60); do
+     head -c 262144 /dev/urandom >"$work/k$i.bin"
+     mkimg "$work/k$i" --file "$work/k$i.bin:/data" >/dev/null 2>&1 && in_node "${copy[@]}" --retry-times 0 "oci:$work/k$i" "docker://$svc/team/k:$i" 2>/dev/null &&
+       echo "$i" >>"$work/acked"
+   done) &
+  local loop=$!
+  for _ in $(seq 1 300); do [ "$(wc -l <"$work/acked")" -ge 5 ] && break; sleep 0.1; done
+  pid=$(pgrep -f '^berth-registry --config /etc/berth/' | head -1)
+  [ -n "$pid" ] || { echo "no registry process"; kill "$loop"; return 1; }
+  kill -0 "$loop" || { echo "the pushes ended before the kill"; return 1; }
+  kill -9 "$pid"
+  wait "$loop"
+  for _ in $(seq 1 120); do
+    [ "$(kubectl get pod "$pod" -o 'jsonpath={.status.containerStatuses[0].restartCount}')" -ge 1 ] && break; sleep 1
+  done
+  [ "$(kubectl get pod "$pod" -o 'jsonpath={.status.containerStatuses[0].restartCount}')" -ge 1 ] || return 1
+  kubectl wait --for=condition=Ready "pod/$pod" --timeout=120s >/dev/null || return 1
+  service_up || return 1
+  mapfile -t acked <"$work/acked"
+  echo "$(wc -l <"$work/acked") pushes acknowledged around the kill"
+  [ ${#acked[@]} -gt 0 ] || return 1
+  for i in "${acked[@]}"; do
+    if ! in_node "${copy[@]}" "docker://$svc/team/k:$i" "oci:$work/kback$i" ||
+      ! diff <(blob_sums "$work/k$i") <(blob_sums "$work/kback$i") >/dev/null; then
+      echo "lost team/k:$i"; return 1
+    fi
+  done
+  all_images_intact killed
+}
+check "kill -9 of the registry in its pod: restarted, no acknowledged image lost" kill_9_loses_nothing
+
+delete_cleans_up() {
+  kubectl delete registry registry --timeout=120s >/dev/null || return 1
+  for _ in $(seq 1 60); do
+    [ -z "$(kubectl get pods -l app.kubernetes.io/instance=registry -o name)" ] && break; sleep 1
+  done
+  [ -z "$(kubectl get pods -l app.kubernetes.io/instance=registry -o name)" ] || { echo "pods left"; return 1; }
+  ! kubectl get daemonset registry-node-access >/dev/null 2>&1 || { echo "DaemonSet left"; return 1; }
+  ! kubectl -n kube-public get configmap local-registry-hosting >/dev/null 2>&1 || { echo "ConfigMap left"; return 1; }
+  kubectl get pvc registry-data >/dev/null || { echo "claim with retentionPolicy Retain was deleted"; return 1; }
+  kubectl apply -f - >/dev/null <<YAML
+apiVersion: berth.dev/v1alpha1
+kind: Registry
+metadata: {name: scratch, namespace: default}
+spec: {storage: {retentionPolicy: Delete}}
+YAML
+  registry_ready scratch && kubectl get pvc scratch-data >/dev/null &&
+    kubectl delete registry scratch --timeout=120s >/dev/null || return 1
+  for _ in $(seq 1 60); do kubectl get pvc scratch-data >/dev/null 2>&1 || return 0; sleep 1; done
+  echo "claim with retentionPolicy Delete still there"; return 1
+}
+check "deleting a Registry removes pods, DaemonSet and ConfigMap; the claim follows retention" delete_cleans_up
+
+teardown_leaves_nothing() {
+  local cp="$work/cp" left
+  tests/controlplane/down "$cp"
+  left=$(pgrep -af "$cp/" || true)
+  [ -z "$left" ] || { echo "processes left: $left"; return 1; }
+  ! grep -q " $cp/" /proc/self/mountinfo || { echo "mounts left"; return 1; }
+  ! ip netns list | grep -q "$netns" || { echo "netns left"; return 1; }
+}
+check "teardown leaves no process, mount or namespace" teardown_leaves_nothing
+
+echo "node e2e took $(( $(date +%s) - started ))s"
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
