@@ -60,6 +60,12 @@ async fn range_requests() {
         assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{bad}");
         assert_eq!(header(&r, "content-range"), "bytes */1000");
     }
+
+    // Nothing of an empty blob can be selected.
+    let empty = reg.push_blob("r", b"").await;
+    let r = reg.req(Method::GET, &format!("/v2/r/blobs/{empty}")).header("range", "bytes=-1").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(header(&r, "content-range"), "bytes */0");
 }
 
 #[tokio::test]

@@ -51,6 +51,16 @@ async fn put_and_get_by_tag_and_digest_byte_for_byte() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(header(&r, "etag"), format!("\"{digest}\""));
+    // A matching ETag says nothing about a manifest this repository does not have.
+    let r = reg
+        .req(Method::GET, &format!("/v2/other/manifests/{digest}"))
+        .header("accept", OCI_MANIFEST)
+        .header("if-none-match", format!("\"{digest}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
 }
 
 #[tokio::test]

@@ -75,6 +75,10 @@ fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>>
         }
         start..end
     };
+    // A suffix of an empty blob selects nothing: unsatisfiable, as RFC 9110 says.
+    if range.is_empty() {
+        return Err(Error::BlobRangeInvalid { size });
+    }
     Ok(Some(range))
 }
 
@@ -110,5 +114,7 @@ mod tests {
         assert!(range("bytes=100-", 100).is_err());
         assert!(range("bytes=-0", 100).is_err());
         assert!(range("bytes=50-0", 100).is_err());
+        assert!(range("bytes=-1", 0).is_err());
+        assert!(range("bytes=0-", 0).is_err());
     }
 }

@@ -20,9 +20,6 @@ pub async fn get(app: &App, repo: &RepoName, reference: &str, req: Req, head: bo
         Reference::Digest(d) => (d, false),
         Reference::Tag(t) => (app.storage.tag_get(repo, &t).await?.ok_or_else(Error::manifest_unknown)?, true),
     };
-    if etag_matches(&req.headers, &digest) {
-        return Ok(StatusCode::NOT_MODIFIED.into_response());
-    }
     let stored = app.storage.manifest_get(repo, &digest).await?.ok_or_else(Error::manifest_unknown)?;
     let accepts = Accepts::from_headers(&req.headers);
     let (digest, stored) = match Kind::from_media_type(&stored.media_type) {
@@ -32,6 +29,13 @@ pub async fn get(app: &App, repo: &RepoName, reference: &str, req: Req, head: bo
         },
         None => (digest, stored),
     };
+    // Only for a manifest that exists and would be served: its ETag is the digest.
+    if etag_matches(&req.headers, &digest) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        response.headers_mut().insert(header::ETAG, header_value(&format!("\"{digest}\"")));
+        response.headers_mut().insert("docker-content-digest", header_value(&digest.to_string()));
+        return Ok(response);
+    }
     let len = stored.bytes.len();
     let body = if head { Body::empty() } else { Body::from(stored.bytes) };
     let mut response = body.into_response();
@@ -50,7 +54,8 @@ fn etag_matches(headers: &HeaderMap, digest: &Digest) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|v| v.trim().trim_matches('"') == wanted)
+        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+        .any(|v| v == wanted || v == "*")
 }
 
 /// The linux/amd64 manifest of a Docker manifest list, for clients that cannot
