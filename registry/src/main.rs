@@ -43,6 +43,9 @@ enum Mode {
         /// The registry to forward to, e.g. registry.default.svc:5000.
         #[arg(long)]
         upstream: String,
+        /// Close a connection that moves no byte either way for this many seconds.
+        #[arg(long, default_value_t = 120)]
+        idle_timeout_secs: u64,
     },
 }
 
@@ -96,7 +99,7 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    if let Some(Mode::Forward { listen, upstream }) = &args.command {
+    if let Some(Mode::Forward { listen, upstream, idle_timeout_secs }) = &args.command {
         init_logging(&Config::default());
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
@@ -106,7 +109,11 @@ async fn main() -> std::process::ExitCode {
             }
         };
         tracing::info!(%listen, %upstream, "forwarding");
-        return match berth_registry::forward::run(listener, upstream.clone(), shutdown_signal()).await {
+        let limits = berth_registry::forward::Limits {
+            idle_timeout: std::time::Duration::from_secs(*idle_timeout_secs),
+            ..Default::default()
+        };
+        return match berth_registry::forward::run(listener, upstream.clone(), limits, shutdown_signal()).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("berth-registry: {e}");
