@@ -9,7 +9,13 @@
 set -euo pipefail
 # shellcheck source=tests/lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
+# shellcheck source=tests/lib/procs.sh
+source "$(dirname "$0")/lib/procs.sh"
 cd "$REPO_ROOT"
+# Fixed paths a node writes to; those absent now must be absent after teardown.
+fixed_paths=(/var/lib/kubelet /run/containerd /var/lib/cni /var/log/containers)
+absent_before=()
+for p in "${fixed_paths[@]}"; do [ -e "$p" ] || absent_before+=("$p"); done
 
 work=$(mktemp -d)
 pf_pid=""
@@ -21,9 +27,16 @@ cleanup() {
 trap cleanup EXIT
 
 started=$(date +%s)
-eval "$(BERTH_CP_OWNER_PID=$$ tests/controlplane/up --node "$work/cp")"
+cp_env=$(BERTH_CP_OWNER_PID=$$ tests/controlplane/up --node "$work/cp")
+eval "$cp_env"
 echo "control plane and node up in $(( $(date +%s) - started ))s"
-read -r netns _ <"$work/cp/node/netns"
+read -r netns gw_netns <"$work/cp/node/netns"
+cgroup_root=$(cat "$work/cp/node/cgroup-root")
+# Processes of the node's pods (in its pod cgroups) whose command line matches PATTERN.
+pod_pids() {
+  local p
+  for p in $(pgrep -f "$1"); do grep -q ":$cgroup_root/" "/proc/$p/cgroup" 2>/dev/null && echo "$p"; done
+}
 in_node() { nsenter --net="/run/netns/$netns" "$@"; }
 copy=(skopeo copy -q --src-tls-verify=false --dest-tls-verify=false --preserve-digests)
 rel="$CARGO_TARGET_DIR/release"
@@ -63,6 +76,11 @@ minimal_ready() {
 check "examples/minimal.yaml: the Registry is Ready with 1 ready replica" minimal_ready
 
 svc=$(kubectl get svc registry -o 'jsonpath={.spec.clusterIP}'):5000
+# A pod that just became Ready is behind the Service IP once kube-proxy has synced.
+service_up() {
+  for _ in $(seq 1 100); do in_node curl -fsS -o /dev/null "http://$svc/v2/" 2>/dev/null && return 0; sleep 0.2; done
+  echo "the Service $svc does not answer"; return 1
+}
 # Test images: busybox, which prints what it is told; a multi-arch index of it.
 mkimg() { # DIR [--arch A ...]
   local dir=$1 links=() cmd; shift
@@ -122,11 +140,6 @@ multi_arch() {
 check "node access: a pod runs from a multi-arch index pushed with skopeo --all" multi_arch
 
 registry_pod() { kubectl get pods -l app.kubernetes.io/instance=registry,!app.kubernetes.io/component -o 'jsonpath={.items[0].metadata.name}'; }
-# A pod that just became Ready is behind the Service IP once kube-proxy has synced.
-service_up() {
-  for _ in $(seq 1 100); do in_node curl -fsS -o /dev/null "http://$svc/v2/" 2>/dev/null && return 0; sleep 0.2; done
-  echo "the Service $svc does not answer"; return 1
-}
 all_images_intact() {
   service_up || return 1
   in_node "${copy[@]}" "docker://$svc/team/app:1" "oci:$work/check-$1" || return 1
@@ -159,8 +172,8 @@ kill_9_loses_nothing() {
    done) &
   local loop=$!
   for _ in $(seq 1 300); do [ "$(wc -l <"$work/acked")" -ge 5 ] && break; sleep 0.1; done
-  pid=$(pgrep -f '^berth-registry --config /etc/berth/' | head -1)
-  [ -n "$pid" ] || { echo "no registry process"; kill "$loop"; return 1; }
+  pid=$(pod_pids '^berth-registry --config /etc/berth/' | head -1)
+  [ -n "$pid" ] || { echo "no registry process"; pkill -P "$loop"; kill "$loop"; return 1; }
   kill -0 "$loop" || { echo "the pushes ended before the kill"; return 1; }
   kill -9 "$pid"
   wait "$loop"
@@ -206,14 +219,20 @@ YAML
 check "deleting a Registry removes pods, DaemonSet and ConfigMap; the claim follows retention" delete_cleans_up
 
 teardown_leaves_nothing() {
-  local cp="$work/cp" left
+  local cp="$work/cp" left p ns pids
+  # The pods still running (operator, node access, test pods) and their shims.
+  mapfile -t pids < <(pod_pids .; pgrep -f "containerd-shim-runc-v2 .*-address $cp/")
+  [ ${#pids[@]} -gt 3 ] || { echo "expected running pods to watch, found ${#pids[@]} processes"; return 1; }
   tests/controlplane/down "$cp"
+  for p in "${pids[@]}"; do pid_alive "$p" && { echo "process $p left: $(tr '\0' ' ' <"/proc/$p/cmdline")"; return 1; }; done
   left=$(pgrep -af "$cp/" || true)
   [ -z "$left" ] || { echo "processes left: $left"; return 1; }
   ! grep -q " $cp/" /proc/self/mountinfo || { echo "mounts left"; return 1; }
-  ! ip netns list | grep -q "$netns" || { echo "netns left"; return 1; }
+  ! ls -d /sys/fs/cgroup/*/"${cgroup_root#/}" 2>/dev/null || { echo "cgroups left"; return 1; }
+  for ns in "$netns" "$gw_netns"; do ! ip netns list | grep -qw "$ns" || { echo "netns $ns left"; return 1; }; done
+  for p in "${absent_before[@]}"; do [ ! -e "$p" ] || { echo "$p left"; return 1; }; done
 }
-check "teardown leaves no process, mount or namespace" teardown_leaves_nothing
+check "teardown leaves no process, mount, cgroup, namespace or file" teardown_leaves_nothing
 
 echo "node e2e took $(( $(date +%s) - started ))s"
 echo "$PASSED passed, $FAILED failed"

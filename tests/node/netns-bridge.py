@@ -22,6 +22,7 @@ import os
 import socket
 import sys
 import threading
+import time
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -80,15 +81,23 @@ def listen_in(node_ns, listen):
     return lsock
 
 
-def serve_forward(lsock, target):
+def handle_forward(conn, target):
+    try:
+        up = socket.create_connection(split_addr(target), timeout=10)
+    except OSError:
+        conn.close()
+        return
+    splice(conn, up)
+
+
+def accept_loop(lsock, handler, *args):
     while True:
-        conn, _ = lsock.accept()
         try:
-            up = socket.create_connection(split_addr(target), timeout=10)
-        except OSError:
-            conn.close()
+            conn, _ = lsock.accept()
+        except OSError:  # e.g. out of descriptors: wait, do not die
+            time.sleep(0.1)
             continue
-        splice(conn, up)
+        threading.Thread(target=handler, args=(conn, *args), daemon=True).start()
 
 
 def read_head(conn):
@@ -102,7 +111,7 @@ def read_head(conn):
     return head.decode("latin-1"), rest
 
 
-def handle_connect(node_ns, conn):
+def handle_connect(conn, node_ns):
     try:
         conn.settimeout(10)
         head, rest = read_head(conn)
@@ -130,16 +139,15 @@ def listen_unix(path):
     if os.path.exists(path):
         os.unlink(path)
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    lsock.bind(path)
-    os.chmod(path, 0o600)
+    old = os.umask(0o177)  # root only, from the moment it exists
+    try:
+        lsock.bind(path)
+    finally:
+        os.umask(old)
     lsock.listen(128)
     return lsock
 
 
-def serve_connect_proxy(lsock, node_ns):
-    while True:
-        conn, _ = lsock.accept()
-        threading.Thread(target=handle_connect, args=(node_ns, conn), daemon=True).start()
 
 
 def main():
@@ -154,16 +162,17 @@ def main():
     for spec in a.forward:
         listen, _, target = spec.partition("=")
         lsock = listen_in(node_ns, listen)
-        threads.append(threading.Thread(target=serve_forward, args=(lsock, target), daemon=True))
+        threads.append(threading.Thread(target=accept_loop, args=(lsock, handle_forward, target), daemon=True))
     if a.connect_proxy:
         lsock = listen_unix(a.connect_proxy)
-        threads.append(threading.Thread(target=serve_connect_proxy, args=(lsock, node_ns), daemon=True))
+        threads.append(threading.Thread(target=accept_loop, args=(lsock, handle_connect, node_ns), daemon=True))
     for t in threads:
         t.start()
     print("ready", flush=True)
-    for t in threads:
-        t.join()
-    sys.exit(1)  # a listener died
+    # Exit as soon as any listener dies, so that its absence shows.
+    while all(t.is_alive() for t in threads):
+        threads[0].join(timeout=1)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

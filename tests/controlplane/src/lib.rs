@@ -40,7 +40,10 @@ impl ControlPlane {
         let mut up = Command::new(Path::new(SCRIPTS).join("up"));
         up.args(mode);
         let out = up.arg(&dir).env("BERTH_CP_OWNER_PID", std::process::id().to_string()).output().expect("running up");
-        assert!(out.status.success(), "control plane did not start:\n{}", String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("control plane did not start:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
         let stdout = String::from_utf8_lossy(&out.stdout);
         let bin = stdout
             .lines()

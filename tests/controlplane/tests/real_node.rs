@@ -29,8 +29,21 @@ fn pgrep(pattern: &str) -> Vec<u32> {
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
+/// Processes in the node's pod cgroups.
+fn in_cgroup(pids: Vec<u32>, cgroup_root: &str) -> Vec<u32> {
+    let marker = format!(":{cgroup_root}/");
+    pids.into_iter()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| c.contains(&marker)))
+        .collect()
+}
+
+/// Paths at fixed places that a node writes to (the kubelet's device-plugin
+/// socket, containerd's shim sockets, CNI's result cache, log symlinks).
+const FIXED_PATHS: [&str; 4] = ["/var/lib/kubelet", "/run/containerd", "/var/lib/cni", "/var/log/containers"];
+
 #[test]
 fn node_runs_pods_and_teardown_leaves_nothing() {
+    let absent_before: Vec<&str> = FIXED_PATHS.into_iter().filter(|p| !std::path::Path::new(p).exists()).collect();
     let cp = ControlPlane::start_with_node();
     let dir = cp.dir().to_path_buf();
     let node = cp.kubectl_ok(&[
@@ -58,13 +71,16 @@ fn node_runs_pods_and_teardown_leaves_nothing() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
 
     let netns = std::fs::read_to_string(dir.join("node/netns")).unwrap();
-    let cgroup_root = std::fs::read_to_string(dir.join("node/cgroup-root")).unwrap();
+    let cgroup_root = std::fs::read_to_string(dir.join("node/cgroup-root")).unwrap().trim().to_owned();
     let shims = pgrep(&format!("containerd-shim-runc-v2 .*-address {}/node/", dir.display()));
     assert!(!shims.is_empty(), "no containerd shim for the pod");
     let mut pids = cp.pids();
     assert_eq!(pids.len(), 10, "4 control-plane processes and 6 node daemons");
     pids.extend(shims);
-    pids.extend(pgrep("sleep 3600"));
+    // The pod's last command starts just after its log line was written.
+    let sleeper = eventually(10, || Some(in_cgroup(pgrep("sleep 3600"), &cgroup_root)).filter(|p| p.len() == 1));
+    let sleeper = sleeper.expect("the pod's process, in the node's pod cgroup");
+    pids.extend(sleeper);
     assert!(!mounts_under(&dir).is_empty(), "the pod's root filesystem is mounted");
 
     drop(cp);
@@ -79,8 +95,11 @@ fn node_runs_pods_and_teardown_leaves_nothing() {
     let cgroups = std::fs::read_dir("/sys/fs/cgroup")
         .unwrap()
         .filter_map(|c| c.ok())
-        .filter(|c| c.path().join(cgroup_root.trim().trim_start_matches('/')).exists())
+        .filter(|c| c.path().join(cgroup_root.trim_start_matches('/')).exists())
         .count();
     assert_eq!(cgroups, 0, "pod cgroups left behind");
+    for p in absent_before {
+        assert!(!std::path::Path::new(p).exists(), "{p} left behind");
+    }
     assert!(!dir.exists());
 }
