@@ -4,21 +4,18 @@
 # that directory. A second run finds the binaries and builds nothing.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-K8S_VERSION=$(sed -n 's|^[[:space:]]*\(require \)\{0,1\}k8s.io/kubernetes v\([0-9.]*\).*|\2|p' "$here/tools/go.mod")
+# shellcheck source=tests/lib/k8sbuild.sh
+source "$here/../lib/k8sbuild.sh"
+K8S_VERSION=$(k8s_version "$here/tools")
 ETCD_VERSION=$(sed -n 's|^[[:space:]]*\(require \)\{0,1\}go.etcd.io/etcd/server/v3 v\([0-9.]*\).*|\2|p' "$here/etcd/go.mod")
 out="${BERTH_CACHE:-$HOME/.cache/berth}/testbin/k8s-v$K8S_VERSION-etcd-v$ETCD_VERSION"
 bins=(etcd kube-apiserver kube-controller-manager kubectl)
 
-missing=0
-for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing=1; done
-if [ "$missing" -eq 1 ]; then
+if ! all_built "$out" "${bins[@]}"; then
   mkdir -p "$out.partial"
   start=$(date +%s)
   echo "building Kubernetes v$K8S_VERSION and etcd v$ETCD_VERSION into $out (cold: tens of minutes)" >&2
-  minor=${K8S_VERSION#1.}; minor=${minor%%.*}
-  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$K8S_VERSION \
-    -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
-    -X k8s.io/component-base/version.gitTreeState=clean"
+  ldflags=$(k8s_ldflags "$K8S_VERSION")
   export CGO_ENABLED=0 GOFLAGS=-mod=readonly
   (cd "$here/etcd" && go build -p 2 -trimpath -ldflags "-s -w" -o "$out.partial/etcd" go.etcd.io/etcd/server/v3)
   for cmd in kube-apiserver kube-controller-manager kubectl; do

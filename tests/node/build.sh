@@ -8,24 +8,21 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 tools="$here/../controlplane/tools"
-K8S_VERSION=$(sed -n 's|^[[:space:]]*\(require \)\{0,1\}k8s.io/kubernetes v\([0-9.]*\).*|\2|p' "$tools/go.mod")
+# shellcheck source=tests/lib/k8sbuild.sh
+source "$here/../lib/k8sbuild.sh"
+K8S_VERSION=$(k8s_version "$tools")
 CONTAINERD_VERSION=v2.4.2
 CNI_VERSION=v1.8.0
 COREDNS_VERSION=v1.13.1
 out="${BERTH_CACHE:-$HOME/.cache/berth}/testbin/node-k8s-v$K8S_VERSION-containerd-$CONTAINERD_VERSION-cni-$CNI_VERSION-coredns-$COREDNS_VERSION"
 bins=(kubelet kube-scheduler kube-proxy containerd containerd-shim-runc-v2 bridge host-local loopback portmap coredns pause)
 
-missing=0
-for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing=1; done
-if [ "$missing" -eq 1 ]; then
+if ! all_built "$out" "${bins[@]}"; then
   mkdir -p "$out.partial"
   start=$(date +%s)
-  echo "building the node binaries into $out (cold: about 15 minutes)" >&2
+  echo "building the node binaries into $out (cold: about 5 minutes after the control plane)" >&2
   export CGO_ENABLED=0
-  minor=${K8S_VERSION#1.}; minor=${minor%%.*}
-  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$K8S_VERSION \
-    -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
-    -X k8s.io/component-base/version.gitTreeState=clean"
+  ldflags=$(k8s_ldflags "$K8S_VERSION")
   for cmd in kubelet kube-scheduler kube-proxy; do
     (cd "$tools" && GOFLAGS=-mod=readonly go build -p 2 -trimpath -ldflags "$ldflags" -o "$out.partial/$cmd" "k8s.io/kubernetes/cmd/$cmd")
   done
