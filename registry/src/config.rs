@@ -19,6 +19,7 @@ pub struct Config {
     pub read_only: bool,
     pub uploads: UploadsConfig,
     pub manifests: ManifestsConfig,
+    pub limits: LimitsConfig,
     pub log: LogConfig,
 }
 
@@ -31,6 +32,7 @@ impl Default for Config {
             read_only: false,
             uploads: UploadsConfig::default(),
             manifests: ManifestsConfig::default(),
+            limits: LimitsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -68,6 +70,66 @@ pub struct UploadsConfig {
 impl Default for UploadsConfig {
     fn default() -> Self {
         UploadsConfig { anonymous_mount: true, chunk_min_length: 0, purge_after_hours: 168 }
+    }
+}
+
+/// What one client, or many, may hold of the server. Clients past a limit get
+/// `429 TOOMANYREQUESTS` (or, past the connection limit, a closed connection);
+/// clients that stall are cut off by the timeouts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open client connections; further ones are closed at once. Each costs a
+    /// file descriptor and a few tens of KiB.
+    #[schemars(range(min = 1))]
+    pub max_connections: u32,
+    /// Requests streaming an upload body at once (blob PATCH, PUT and monolithic
+    /// POST). Each holds at most about 1 MiB of memory while its data flows.
+    #[schemars(range(min = 1))]
+    pub max_uploads: u32,
+    /// Total bytes of manifest bodies held in memory while they arrive.
+    #[schemars(with = "i64", range(min = 1))]
+    pub manifest_buffer_bytes: u64,
+    /// Seconds a client may take to send a request's headers.
+    #[schemars(with = "i64", range(min = 1))]
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may go without a byte before the request ends; an
+    /// upload session stays resumable from its last acknowledged chunk.
+    #[schemars(with = "i64", range(min = 1))]
+    pub body_idle_timeout_secs: u64,
+    /// Seconds a connection may move no byte either way (between requests, or a
+    /// client that stopped reading a response) before it is closed.
+    #[schemars(with = "i64", range(min = 1))]
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 10_000,
+            max_uploads: 4096,
+            manifest_buffer_bytes: 256 << 20,
+            header_timeout_secs: 30,
+            body_idle_timeout_secs: 60,
+            idle_timeout_secs: 120,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("maxConnections", self.max_connections as u64),
+            ("maxUploads", self.max_uploads as u64),
+            ("manifestBufferBytes", self.manifest_buffer_bytes),
+            ("headerTimeoutSecs", self.header_timeout_secs),
+            ("bodyIdleTimeoutSecs", self.body_idle_timeout_secs),
+            ("idleTimeoutSecs", self.idle_timeout_secs),
+        ];
+        match positive.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(format!("limits.{name} must be positive")),
+            None => Ok(()),
+        }
     }
 }
 
@@ -258,7 +320,14 @@ impl Config {
 
     /// Checks what serde cannot: patterns compile, limits are sane.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.manifests.validate().map_err(ConfigError::Invalid)
+        self.manifests.validate().map_err(ConfigError::Invalid)?;
+        self.limits.validate().map_err(ConfigError::Invalid)?;
+        if self.limits.manifest_buffer_bytes < self.manifests.validation.max_size {
+            return Err(ConfigError::Invalid(
+                "limits.manifestBufferBytes must hold at least one manifest of manifests.validation.maxSize".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -1,10 +1,9 @@
-//! The one error type of the registry's HTTP boundary. Every variant maps onto a
-//! distribution-spec error code and an HTTP status, so handlers never pick status
-//! codes by hand.
+//! The registry's one error type above storage. Every variant is a
+//! distribution-spec error; `api/error.rs` maps each onto its code and HTTP
+//! status, so handlers never pick status codes by hand.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use crate::digest::Digest;
+use crate::storage;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -16,10 +15,13 @@ pub enum Error {
     UploadUnknown,
     #[error("blob upload invalid: {0}")]
     UploadInvalid(String),
+    /// Another request is writing the same upload session.
+    #[error("the upload is being written by another request; retry when it has finished")]
+    UploadBusy,
     /// A chunk that does not start where the upload currently ends; the client
     /// learns the current end from `Range` and where to continue from `Location`.
     #[error("chunk starts at byte {start} but the upload has {offset} bytes")]
-    ChunkOutOfOrder { start: u64, offset: u64, location: String },
+    ChunkOutOfOrder { start: u64, offset: u64, location: Option<String> },
     /// A `Range` request outside the blob.
     #[error("requested range not satisfiable for a blob of {size} bytes")]
     BlobRangeInvalid { size: u64 },
@@ -27,8 +29,9 @@ pub enum Error {
     DigestMismatch,
     #[error("invalid digest: {0}")]
     DigestInvalid(String),
-    #[error("manifest references a blob or manifest unknown to this repository: {0}")]
-    ManifestBlobUnknown(String),
+    /// Every blob or manifest a pushed manifest references that the repository lacks.
+    #[error("manifest references content unknown to this repository")]
+    ManifestBlobUnknown(Vec<Digest>),
     #[error("manifest invalid: {0}")]
     ManifestInvalid(String),
     #[error("{0}")]
@@ -43,82 +46,38 @@ pub enum Error {
     SizeInvalid(String),
     #[error("{what} exceeds the limit of {limit} bytes")]
     TooLarge { what: &'static str, limit: u64 },
+    /// A server-wide limit is reached (uploads, buffered manifests); retry later.
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("{0}")]
     Unsupported(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("no such endpoint")]
     NotFound,
-    #[error("storage error: {0}")]
-    Io(#[from] std::io::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl Error {
-    /// The distribution-spec error code and HTTP status of this error.
-    pub fn code_and_status(&self) -> (&'static str, StatusCode) {
-        use Error::*;
-        match self {
-            BlobUnknown => ("BLOB_UNKNOWN", StatusCode::NOT_FOUND),
-            UploadUnknown => ("BLOB_UPLOAD_UNKNOWN", StatusCode::NOT_FOUND),
-            UploadInvalid(_) => ("BLOB_UPLOAD_INVALID", StatusCode::BAD_REQUEST),
-            ChunkOutOfOrder { .. } => ("BLOB_UPLOAD_INVALID", StatusCode::RANGE_NOT_SATISFIABLE),
-            BlobRangeInvalid { .. } => ("BLOB_UNKNOWN", StatusCode::RANGE_NOT_SATISFIABLE),
-            DigestMismatch | DigestInvalid(_) => ("DIGEST_INVALID", StatusCode::BAD_REQUEST),
-            ManifestBlobUnknown(_) => ("MANIFEST_BLOB_UNKNOWN", StatusCode::BAD_REQUEST),
-            ManifestInvalid(_) | TagInvalid(_) => ("MANIFEST_INVALID", StatusCode::BAD_REQUEST),
-            ManifestUnknown(_) => ("MANIFEST_UNKNOWN", StatusCode::NOT_FOUND),
-            NameInvalid(_) => ("NAME_INVALID", StatusCode::BAD_REQUEST),
-            NameUnknown => ("NAME_UNKNOWN", StatusCode::NOT_FOUND),
-            SizeInvalid(_) => ("SIZE_INVALID", StatusCode::BAD_REQUEST),
-            TooLarge { .. } => ("SIZE_INVALID", StatusCode::PAYLOAD_TOO_LARGE),
-            Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
-            BadRequest(_) => ("UNSUPPORTED", StatusCode::BAD_REQUEST),
-            NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND),
-            Io(_) | Internal(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
-        }
-    }
-
     pub fn manifest_unknown() -> Self {
         Error::ManifestUnknown("manifest unknown to registry".into())
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    errors: [Entry<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct Entry<'a> {
-    code: &'a str,
-    message: String,
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let (code, status) = self.code_and_status();
-        if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-        } else {
-            tracing::debug!(error = %self, code, "request refused");
+impl From<storage::Error> for Error {
+    fn from(e: storage::Error) -> Self {
+        use storage::Error as S;
+        match e {
+            S::BlobUnknown => Error::BlobUnknown,
+            S::UploadUnknown => Error::UploadUnknown,
+            S::UploadBusy => Error::UploadBusy,
+            S::ChunkOutOfOrder { start, offset } => Error::ChunkOutOfOrder { start, offset, location: None },
+            e @ S::ChunkLength { .. } => Error::UploadInvalid(e.to_string()),
+            S::DigestMismatch => Error::DigestMismatch,
+            e @ S::Body(_) => Error::UploadInvalid(e.to_string()),
+            S::ReferencesUnknown(missing) => Error::ManifestBlobUnknown(missing),
+            e @ (S::Corrupt(..) | S::Io(_) | S::Task(_)) => Error::Internal(e.to_string()),
         }
-        let extra: Vec<(header::HeaderName, String)> = match &self {
-            Error::ChunkOutOfOrder { offset, location, .. } => {
-                vec![(header::RANGE, crate::api::upload_range(*offset)), (header::LOCATION, location.clone())]
-            }
-            Error::BlobRangeInvalid { size } => vec![(header::CONTENT_RANGE, format!("bytes */{size}"))],
-            _ => Vec::new(),
-        };
-        let body =
-            serde_json::to_vec(&Body { errors: [Entry { code, message: self.to_string() }] }).unwrap_or_default();
-        let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-        for (name, value) in extra {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                response.headers_mut().insert(name, value);
-            }
-        }
-        response
     }
 }

@@ -6,13 +6,12 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::net::{self, Activity, Tracked};
 
 /// The forwarder's time limits.
 #[derive(Clone, Copy, Debug)]
@@ -30,10 +29,6 @@ impl Default for Limits {
     }
 }
 
-/// After a failed accept (out of file descriptors, a connection reset before it
-/// was accepted), wait this long rather than spin or exit.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
 /// Forwards every accepted connection to `upstream` (resolved per connection,
 /// so a changed Service address is picked up) until `shutdown` resolves. Accept
 /// errors are logged and survived.
@@ -49,13 +44,8 @@ pub async fn run(
             accepted = listener.accept() => accepted,
             _ = &mut shutdown => return Ok(()),
         };
-        let (client, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a connection failed; retrying");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
+        let Some((client, peer)) = net::accepted(accepted).await else {
+            continue;
         };
         let upstream = upstream.clone();
         tokio::spawn(async move {
@@ -72,74 +62,11 @@ async fn forward(mut client: TcpStream, upstream: &str, limits: Limits) -> io::R
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting upstream timed out"))??;
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
-    let activity = Activity::new();
-    let mut client = Tracked { inner: &mut client, activity: &activity };
-    let mut server = Tracked { inner: &mut server, activity: &activity };
+    let activity = Arc::new(Activity::new());
+    let mut client = Tracked::new(&mut client, activity.clone());
+    let mut server = Tracked::new(&mut server, activity.clone());
     tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut client, &mut server) => copied.map(|_| ()),
         _ = activity.idle_for(limits.idle_timeout) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
-    }
-}
-
-/// When a connection last moved a byte, shared by both directions.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
-    }
-
-    fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Resolves once nothing has moved for `limit`.
-    async fn idle_for(&self, limit: Duration) {
-        loop {
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let quiet = self.start.elapsed().saturating_sub(last);
-            if quiet >= limit {
-                return;
-            }
-            tokio::time::sleep(limit - quiet).await;
-        }
-    }
-}
-
-/// A stream that records its reads and writes in an [`Activity`].
-struct Tracked<'a> {
-    inner: &'a mut TcpStream,
-    activity: &'a Activity,
-}
-
-impl AsyncRead for Tracked<'_> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Tracked<'_> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut *self.inner).poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }

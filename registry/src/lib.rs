@@ -19,6 +19,8 @@ pub mod manifest;
 #[cfg(feature = "server")]
 pub mod names;
 #[cfg(feature = "server")]
+pub mod net;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod storage;

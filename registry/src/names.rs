@@ -91,6 +91,33 @@ impl FromStr for Reference {
     }
 }
 
+/// An upload session's id: a UUID in its hyphenated lower-case form, so it is
+/// safe as a file name and a URL segment. Anything else is an unknown session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UploadId(uuid::Uuid);
+
+impl UploadId {
+    pub fn random() -> Self {
+        UploadId(uuid::Uuid::new_v4())
+    }
+}
+
+impl FromStr for UploadId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match uuid::Uuid::try_parse(s) {
+            Ok(u) if u.hyphenated().to_string() == s => Ok(UploadId(u)),
+            _ => Err(Error::UploadUnknown),
+        }
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -209,7 +209,7 @@ async fn concurrent_pushes_of_the_same_blob() {
 
 #[tokio::test]
 async fn abandoned_sessions_are_purged() {
-    use berth_registry::storage::{FsStorage, Storage};
+    use berth_registry::storage::{FsStorage, Uploads};
     let reg = Registry::start().await;
     let old = start(&reg, "purge").await;
     patch(&reg, &old, None, b"half an upload").await;
@@ -220,7 +220,7 @@ async fn abandoned_sessions_are_purged() {
     std::fs::File::options().write(true).open(&data).unwrap().set_modified(week_ago).unwrap();
 
     let storage = FsStorage::open(&reg.root).unwrap();
-    assert_eq!(storage.purge_uploads(std::time::Duration::from_secs(7 * 24 * 3600)).await.unwrap(), 1);
+    assert_eq!(storage.purge(std::time::Duration::from_secs(7 * 24 * 3600)).await.unwrap(), 1);
     assert_error(reg.get(&old).await, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
     assert!(!data.with_extension("json").exists());
     assert_eq!(reg.get(&fresh).await.status(), StatusCode::NO_CONTENT);

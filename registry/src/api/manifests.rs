@@ -6,13 +6,15 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
+use super::limits::ManifestBudget;
 use super::{App, Req, header_value};
-use crate::digest::{Algorithm, Digest};
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::negotiate::{self, Accepts, Outcome};
+use crate::manifest::push::{self, Push};
 use crate::manifest::{Kind, docker_manifest_list};
 use crate::names::{Reference, RepoName, Tag};
-use crate::storage::{Referrer, StoredManifest};
+use crate::storage::StoredManifest;
 
 pub async fn get(app: &App, repo: &RepoName, reference: &str, req: Req, head: bool) -> Result<Response> {
     let reference: Reference = reference.parse()?;
@@ -83,74 +85,48 @@ async fn default_platform(
     Ok((child.digest.clone(), stored))
 }
 
-/// Reads a manifest body, refusing it as soon as it passes the size limit.
-async fn read_limited(req: Req, limit: u64) -> Result<Bytes> {
+/// Reads a manifest body, refusing it as soon as it passes the size limit or the
+/// server's budget for buffered manifests. The budget is held until the request
+/// ends.
+async fn read_limited(app: &App, req: Req) -> Result<(Bytes, ManifestBudget)> {
+    let limit = app.policy.max_size();
     let too_large = || Error::TooLarge { what: "manifest", limit };
     if req.content_length()?.is_some_and(|l| l > limit) {
         return Err(too_large());
     }
-    let mut stream = req.into_stream();
+    let mut budget = app.limits.manifest_budget();
+    let mut stream = req.into_stream(app.limits.body_idle);
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Error::ManifestInvalid(format!("reading the request body: {e}")))?;
         if (buf.len() + chunk.len()) as u64 > limit {
             return Err(too_large());
         }
+        budget.take(chunk.len())?;
         buf.extend_from_slice(&chunk);
     }
-    Ok(buf.freeze())
+    Ok((buf.freeze(), budget))
 }
 
 pub async fn put(app: &App, repo: &RepoName, reference: &str, req: Req) -> Result<Response> {
     app.check_writable()?;
     let reference: Reference = reference.parse()?;
-    let mut tags: Vec<Tag> = req.params("tag").map(str::parse).collect::<Result<_>>()?;
+    let tags: Vec<Tag> = req.params("tag").map(str::parse).collect::<Result<_>>()?;
     let content_type = req.header(header::CONTENT_TYPE).map(str::to_owned);
-    let bytes = read_limited(req, app.policy.max_size()).await?;
-    let digest = match &reference {
-        Reference::Digest(expected) => {
-            let actual = Digest::of(expected.algorithm(), &bytes);
-            if actual != *expected {
-                return Err(Error::DigestInvalid(format!("manifest digest is {actual}, not {expected}")));
-            }
-            actual
-        }
-        Reference::Tag(tag) => {
-            tags.insert(0, tag.clone());
-            Digest::of(Algorithm::Sha256, &bytes)
-        }
-    };
-    let parsed = app.policy.parse(content_type.as_deref(), &bytes)?;
-    for blob in app.policy.required_blobs(&parsed) {
-        if app.storage.blob_size(repo, blob).await?.is_none() {
-            return Err(Error::ManifestBlobUnknown(blob.to_string()));
-        }
-    }
-    for child in app.policy.required_manifests(&parsed) {
-        if !app.storage.manifest_exists(repo, child).await? {
-            return Err(Error::ManifestBlobUnknown(child.to_string()));
-        }
-    }
-    let referrer = parsed
-        .subject
-        .clone()
-        .map(|subject| Referrer { subject, descriptor: parsed.referrer_descriptor(&digest, bytes.len() as u64) });
-    let stored = StoredManifest { media_type: parsed.media_type.to_owned(), bytes };
-    app.storage.manifest_put(repo, &digest, stored, referrer).await?;
-    for tag in &tags {
-        app.storage.tag_set(repo, tag, &digest).await?;
-    }
+    let (bytes, _budget) = read_limited(app, req).await?;
+    let manifest = Push { reference: &reference, tags, content_type: content_type.as_deref(), bytes };
+    let pushed = push::push(app.storage.as_ref(), &app.policy, repo, manifest).await?;
 
     let mut response = StatusCode::CREATED.into_response();
     let h = response.headers_mut();
-    h.insert(header::LOCATION, header_value(&format!("/v2/{repo}/manifests/{digest}")));
-    h.insert("docker-content-digest", header_value(&digest.to_string()));
+    h.insert(header::LOCATION, header_value(&format!("/v2/{repo}/manifests/{}", pushed.digest)));
+    h.insert("docker-content-digest", header_value(&pushed.digest.to_string()));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-    if let Some(subject) = &parsed.subject {
+    if let Some(subject) = &pushed.subject {
         h.insert("oci-subject", header_value(&subject.to_string()));
     }
     if matches!(reference, Reference::Digest(_)) {
-        for tag in &tags {
+        for tag in &pushed.tags {
             h.append("oci-tag", header_value(tag.as_str()));
         }
     }

@@ -5,8 +5,11 @@
 mod base;
 mod blobs;
 mod catalog;
+pub mod error;
+mod limits;
 mod manifests;
 mod pagination;
+pub mod ranges;
 mod referrers;
 mod tags;
 mod uploads;
@@ -27,7 +30,7 @@ use crate::config::Config;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::Policy;
-use crate::names::RepoName;
+use crate::names::{RepoName, UploadId};
 use crate::storage::{ByteStream, Storage};
 
 /// Everything a request handler needs.
@@ -35,12 +38,14 @@ pub struct App {
     pub config: Config,
     pub policy: Policy,
     pub storage: Arc<dyn Storage>,
+    limits: limits::Limits,
 }
 
 impl App {
     pub fn new(config: Config, storage: Arc<dyn Storage>) -> Result<Arc<Self>, String> {
         let policy = Policy::new(&config.manifests)?;
-        Ok(Arc::new(App { config, policy, storage }))
+        let limits = limits::Limits::new(&config.limits);
+        Ok(Arc::new(App { config, policy, storage, limits }))
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -83,7 +88,7 @@ enum Endpoint {
     Manifest(RepoName, String),
     Blob(RepoName, String),
     UploadStart(RepoName),
-    Upload(RepoName, String),
+    Upload(RepoName, UploadId),
     Referrers(RepoName, String),
 }
 
@@ -112,7 +117,7 @@ fn parse_path(rest: &str) -> Result<Endpoint> {
         [.., "tags", "list"] if n >= 3 => Endpoint::Tags(name(&s[..n - 2])?),
         [.., "blobs", "uploads", ""] if n >= 4 => Endpoint::UploadStart(name(&s[..n - 3])?),
         [.., "blobs", "uploads"] if n >= 3 => Endpoint::UploadStart(name(&s[..n - 2])?),
-        [.., "blobs", "uploads", _] if n >= 4 => Endpoint::Upload(name(&s[..n - 3])?, last()?),
+        [.., "blobs", "uploads", _] if n >= 4 => Endpoint::Upload(name(&s[..n - 3])?, last()?.parse()?),
         [.., "blobs", _] if n >= 3 => Endpoint::Blob(name(&s[..n - 2])?, last()?),
         [.., "manifests", _] if n >= 3 => Endpoint::Manifest(name(&s[..n - 2])?, last()?),
         [.., "referrers", _] if n >= 3 => Endpoint::Referrers(name(&s[..n - 2])?, last()?),
@@ -153,8 +158,9 @@ impl Req {
         axum::body::HttpBody::size_hint(&self.body).exact() == Some(0)
     }
 
-    pub fn into_stream(self) -> ByteStream {
-        Box::pin(self.body.into_data_stream().map_err(std::io::Error::other))
+    /// The body as a stream that ends with an error after `idle` without data.
+    pub fn into_stream(self, idle: std::time::Duration) -> ByteStream {
+        Box::pin(limits::with_idle_timeout(self.body.into_data_stream().map_err(std::io::Error::other), idle))
     }
 }
 
@@ -181,10 +187,10 @@ async fn route(app: &App, rest: &str, req: Req) -> Result<Response> {
         (Endpoint::Blob(repo, d), Method::HEAD) => blobs::get(app, &repo, &d, req, true).await,
         (Endpoint::Blob(repo, d), Method::DELETE) => blobs::delete(app, &repo, &d).await,
         (Endpoint::UploadStart(repo), Method::POST) => uploads::start(app, &repo, req).await,
-        (Endpoint::Upload(repo, id), Method::GET) => uploads::status(app, &repo, &id).await,
-        (Endpoint::Upload(repo, id), Method::PATCH) => uploads::patch(app, &repo, &id, req).await,
-        (Endpoint::Upload(repo, id), Method::PUT) => uploads::put(app, &repo, &id, req).await,
-        (Endpoint::Upload(repo, id), Method::DELETE) => uploads::cancel(app, &repo, &id).await,
+        (Endpoint::Upload(repo, id), Method::GET) => uploads::status(app, &repo, id).await,
+        (Endpoint::Upload(repo, id), Method::PATCH) => uploads::patch(app, &repo, id, req).await,
+        (Endpoint::Upload(repo, id), Method::PUT) => uploads::put(app, &repo, id, req).await,
+        (Endpoint::Upload(repo, id), Method::DELETE) => uploads::cancel(app, &repo, id).await,
         (Endpoint::Referrers(repo, d), Method::GET) => referrers::list(app, &repo, &d, req).await,
         (_, method) => Err(Error::Unsupported(format!("method {method} is not allowed on this endpoint"))),
     }
@@ -194,7 +200,7 @@ pub fn parse_digest(s: &str) -> Result<Digest> {
     s.parse()
 }
 
-pub fn upload_location(repo: &RepoName, id: &str) -> String {
+pub fn upload_location(repo: &RepoName, id: UploadId) -> String {
     format!("/v2/{repo}/blobs/uploads/{id}")
 }
 
@@ -222,7 +228,12 @@ mod tests {
         assert_eq!(parse_path("a/b/tags/list").unwrap(), Endpoint::Tags(repo("a/b")));
         assert_eq!(parse_path("a/blobs/uploads/").unwrap(), Endpoint::UploadStart(repo("a")));
         assert_eq!(parse_path("a/blobs/uploads").unwrap(), Endpoint::UploadStart(repo("a")));
-        assert_eq!(parse_path("a/blobs/uploads/x").unwrap(), Endpoint::Upload(repo("a"), "x".into()));
+        let id = "0d7e0b3e-51a4-4b5c-9a36-4e2a2b4fb3a1";
+        assert_eq!(
+            parse_path(&format!("a/blobs/uploads/{id}")).unwrap(),
+            Endpoint::Upload(repo("a"), id.parse().unwrap())
+        );
+        assert!(matches!(parse_path("a/blobs/uploads/x"), Err(Error::UploadUnknown)));
         assert_eq!(parse_path("a/blobs/sha256%3Aab").unwrap(), Endpoint::Blob(repo("a"), "sha256:ab".into()));
         assert_eq!(
             parse_path("manifests/blobs/manifests/latest").unwrap(),

@@ -4,10 +4,10 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{App, Req, header_value, parse_digest, upload_location, upload_range};
+use super::{App, Req, header_value, parse_digest, ranges, upload_location, upload_range};
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
-use crate::names::RepoName;
+use crate::names::{RepoName, UploadId};
 use crate::storage::Chunk;
 
 fn created(repo: &RepoName, digest: &Digest) -> Response {
@@ -19,12 +19,12 @@ fn created(repo: &RepoName, digest: &Digest) -> Response {
     response
 }
 
-fn in_progress(app: &App, status: StatusCode, repo: &RepoName, id: &str, offset: u64) -> Response {
+fn in_progress(app: &App, status: StatusCode, repo: &RepoName, id: UploadId, offset: u64) -> Response {
     let mut response = status.into_response();
     let h = response.headers_mut();
     h.insert(header::LOCATION, header_value(&upload_location(repo, id)));
     h.insert(header::RANGE, header_value(&upload_range(offset)));
-    h.insert("docker-upload-uuid", header_value(id));
+    h.insert("docker-upload-uuid", header_value(&id.to_string()));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
     if app.config.uploads.chunk_min_length > 0 {
         h.insert("oci-chunk-min-length", HeaderValue::from(app.config.uploads.chunk_min_length));
@@ -48,7 +48,8 @@ pub async fn start(app: &App, repo: &RepoName, req: Req) -> Result<Response> {
         // Not readable from there: fall back to a normal upload session (202).
     } else if let Some(digest) = req.param("digest") {
         let digest = parse_digest(digest)?;
-        app.storage.blob_put(repo, &digest, req.into_stream()).await?;
+        let _slot = app.limits.upload()?;
+        app.storage.blob_put(repo, &digest, req.into_stream(app.limits.body_idle)).await?;
         return Ok(created(repo, &digest));
     }
     let algorithm = match req.param("digest-algorithm") {
@@ -56,56 +57,55 @@ pub async fn start(app: &App, repo: &RepoName, req: Req) -> Result<Response> {
         None => Algorithm::Sha256,
     };
     let id = app.storage.upload_start(repo, algorithm).await?;
-    Ok(in_progress(app, StatusCode::ACCEPTED, repo, &id, 0))
+    Ok(in_progress(app, StatusCode::ACCEPTED, repo, id, 0))
 }
 
-/// Reads `Content-Range: <start>-<end>` (also with a `bytes ` prefix or `/<total>`
-/// suffix, as some clients send it) and checks it against `Content-Length`.
+/// The chunk a request carries, from its `Content-Range` and `Content-Length`.
 fn chunk(req: &Req) -> Result<Chunk> {
     let length = req.content_length()?;
-    let Some(value) = req.header(header::CONTENT_RANGE) else {
-        return Ok(Chunk { start: None, len: length });
-    };
-    let malformed = || Error::UploadInvalid(format!("malformed Content-Range {value:?}, expected <start>-<end>"));
-    let spec = value.trim().trim_start_matches("bytes").trim_start_matches(['=', ' ']);
-    let spec = spec.split('/').next().unwrap_or("");
-    let (start, end) = spec.split_once('-').ok_or_else(malformed)?;
-    let start: u64 = start.trim().parse().map_err(|_| malformed())?;
-    let end: u64 = end.trim().parse().map_err(|_| malformed())?;
-    if end < start {
-        return Err(malformed());
+    match req.header(header::CONTENT_RANGE) {
+        Some(value) => ranges::content_range(value, length),
+        None => Ok(Chunk { start: None, len: length }),
     }
-    let len = end - start + 1;
-    if length.is_some_and(|l| l != len) {
-        return Err(Error::UploadInvalid(format!("Content-Range {value:?} does not match Content-Length")));
-    }
-    Ok(Chunk { start: Some(start), len: Some(len) })
 }
 
-pub async fn patch(app: &App, repo: &RepoName, id: &str, req: Req) -> Result<Response> {
+/// Tells the client of an out-of-order chunk where the session is.
+fn located(e: crate::storage::Error, repo: &RepoName, id: UploadId) -> Error {
+    match Error::from(e) {
+        Error::ChunkOutOfOrder { start, offset, .. } => {
+            Error::ChunkOutOfOrder { start, offset, location: Some(upload_location(repo, id)) }
+        }
+        other => other,
+    }
+}
+
+pub async fn patch(app: &App, repo: &RepoName, id: UploadId, req: Req) -> Result<Response> {
     app.check_writable()?;
     let chunk = chunk(&req)?;
-    let offset = app.storage.upload_append(repo, id, chunk, req.into_stream()).await?;
+    let _slot = app.limits.upload()?;
+    let body = req.into_stream(app.limits.body_idle);
+    let offset = app.storage.upload_append(repo, id, chunk, body).await.map_err(|e| located(e, repo, id))?;
     Ok(in_progress(app, StatusCode::ACCEPTED, repo, id, offset))
 }
 
-pub async fn put(app: &App, repo: &RepoName, id: &str, req: Req) -> Result<Response> {
+pub async fn put(app: &App, repo: &RepoName, id: UploadId, req: Req) -> Result<Response> {
     app.check_writable()?;
     let digest = req
         .param("digest")
         .ok_or_else(|| Error::DigestInvalid("the digest query parameter is required to finish an upload".into()))?;
     let digest = parse_digest(digest)?;
-    let last = if req.body_is_empty() { None } else { Some((chunk(&req)?, req.into_stream())) };
-    app.storage.upload_finish(repo, id, &digest, last).await?;
+    let _slot = app.limits.upload()?;
+    let last = if req.body_is_empty() { None } else { Some((chunk(&req)?, req.into_stream(app.limits.body_idle))) };
+    app.storage.upload_finish(repo, id, &digest, last).await.map_err(|e| located(e, repo, id))?;
     Ok(created(repo, &digest))
 }
 
-pub async fn status(app: &App, repo: &RepoName, id: &str) -> Result<Response> {
+pub async fn status(app: &App, repo: &RepoName, id: UploadId) -> Result<Response> {
     let offset = app.storage.upload_offset(repo, id).await?;
     Ok(in_progress(app, StatusCode::NO_CONTENT, repo, id, offset))
 }
 
-pub async fn cancel(app: &App, repo: &RepoName, id: &str) -> Result<Response> {
+pub async fn cancel(app: &App, repo: &RepoName, id: UploadId) -> Result<Response> {
     app.check_writable()?;
     app.storage.upload_cancel(repo, id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

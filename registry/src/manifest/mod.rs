@@ -12,6 +12,7 @@ mod index;
 pub mod negotiate;
 pub mod oci_index;
 pub mod oci_manifest;
+pub mod push;
 
 use std::collections::BTreeMap;
 

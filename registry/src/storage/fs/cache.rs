@@ -12,7 +12,7 @@ use bytes::Bytes;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
-use super::meta::Revision;
+use super::manifests::Revision;
 use crate::digest::Digest;
 
 /// Total size of cached manifest bytes.

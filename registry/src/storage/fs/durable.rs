@@ -9,14 +9,13 @@ use std::path::Path;
 
 use tempfile::NamedTempFile;
 
-use crate::error::{Error, Result};
+use crate::storage::{Error, Result};
 
-/// Runs filesystem work on the blocking pool.
+/// Runs filesystem work on the blocking pool. Each call is one short step (a few
+/// syscalls or one batch of bytes), so no request holds a thread while it waits
+/// for its client.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("storage task failed: {e}")))?
-        .map_err(Error::Io)
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Task(e.to_string()))?.map_err(Error::Io)
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -43,29 +42,48 @@ pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()>
     replace(tmp_dir, path, bytes, true)
 }
 
+/// Runs `op`, which creates an entry in `dir`, after making sure `dir` exists;
+/// once more if the directory vanished meanwhile (the cleanup removes empty
+/// directories that have not changed for a long time).
+pub fn in_dir<T>(dir: &Path, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    ensure_dir(dir)?;
+    match op() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            ensure_dir(dir)?;
+            op()
+        }
+        other => other,
+    }
+}
+
+fn parent_of(path: &Path) -> io::Result<&Path> {
+    path.parent().ok_or_else(|| io::Error::other("no parent directory"))
+}
+
 /// Replaces `path` atomically, syncing only when `durable`: for state that may be
 /// lost in a machine crash without losing anything acknowledged.
 pub fn replace(tmp_dir: &Path, path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
-    let parent = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
-    ensure_dir(parent)?;
+    let parent = parent_of(path)?;
     let mut tmp = NamedTempFile::new_in(tmp_dir)?;
     tmp.write_all(bytes)?;
     if durable {
         tmp.as_file().sync_all()?;
     }
-    tmp.persist(path).map_err(|e| e.error)?;
+    let tmp = tmp.into_temp_path();
+    in_dir(parent, || std::fs::rename(&tmp, path))?;
+    // The temporary name is gone; keeping the handle would try to remove it again.
+    let _ = tmp.keep();
     if durable { sync_dir(parent) } else { Ok(()) }
 }
 
 /// Creates an empty marker file durably (a repository link). Only its directory
 /// entry carries information, so syncing the directory is enough.
 pub fn touch(path: &Path) -> io::Result<()> {
-    let parent = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
-    ensure_dir(parent)?;
     if path.exists() {
         return Ok(());
     }
-    File::create(path)?;
+    let parent = parent_of(path)?;
+    in_dir(parent, || File::create(path))?;
     sync_dir(parent)
 }
 

@@ -1,38 +1,48 @@
-//! Storage on a local filesystem, laid out like the Distribution registry's:
+//! Storage on a local or shared filesystem, laid out like the Distribution
+//! registry's:
 //!
 //! ```text
 //! blobs/<alg>/<hex[..2]>/<hex>                      content (blobs and manifests)
 //! repositories/<name>/_layers/<alg>/<hex>           blob linked into the repository
 //! repositories/<name>/_manifests/revisions/<alg>/<hex>   manifest in the repository (JSON)
 //! repositories/<name>/_manifests/tags/<tag>         digest the tag points at
+//! repositories/<name>/_manifests/lock               flock'ed while tags change
 //! repositories/<name>/_referrers/<alg>/<subject-hex>/<alg>-<hex>   referrer descriptor
-//! repositories/<name>/_uploads/<id>[.json]       upload sessions: data and state
+//! repositories/<name>/_uploads/<id>[.json]          upload sessions: data and state
+//! repositories/_index/<name with / as +>            the catalog: one entry per repository
 //! tmp/                                              files being written
 //! ```
 //! Repository names never have components starting with `_` or `.`, so they cannot
-//! collide with the `_` directories.
+//! collide with the `_` entries. Several processes may share the directory (replicas
+//! on a ReadWriteMany volume): what must not interleave is serialised with `flock`,
+//! which network filesystems forward to the server.
+//!
+//! Each concern implements its trait in the file of its name: `blobs.rs`,
+//! `uploads.rs`, `manifests.rs`, `tags.rs` and `catalog.rs`.
 
 mod blobs;
 mod cache;
+mod catalog;
 mod durable;
-mod meta;
+mod hygiene;
+mod lock;
+mod manifests;
+mod read;
+mod tags;
 mod uploads;
+mod write;
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use async_trait::async_trait;
-
-use super::{ByteStream, Chunk, Referrer, Storage, StoredManifest};
-use crate::digest::{Algorithm, Digest};
-use crate::error::Result;
-use crate::manifest::ReferrerDescriptor;
-use crate::names::{RepoName, Tag};
+use crate::digest::Digest;
+use crate::names::RepoName;
 
 pub struct FsStorage {
     root: PathBuf,
-    upload_locks: uploads::Locks,
     caches: cache::Caches,
+    repo_locks: lock::RepoLocks,
+    /// How blob content is read: mapped on local filesystems, read on others.
+    reads: read::Mode,
 }
 
 impl FsStorage {
@@ -42,7 +52,11 @@ impl FsStorage {
         for dir in ["blobs", "repositories", "tmp"] {
             durable::ensure_dir(&root.join(dir))?;
         }
-        Ok(FsStorage { root, upload_locks: uploads::Locks::default(), caches: cache::Caches::default() })
+        let reads = read::Mode::for_filesystem(&root);
+        let storage =
+            FsStorage { root, caches: cache::Caches::default(), repo_locks: lock::RepoLocks::default(), reads };
+        storage.ensure_catalog()?;
+        Ok(storage)
     }
 
     pub fn root(&self) -> &Path {
@@ -57,8 +71,12 @@ impl FsStorage {
         self.root.join("blobs").join(d.algorithm().as_str()).join(&d.hex()[..2]).join(d.hex())
     }
 
+    fn repos_dir(&self) -> PathBuf {
+        self.root.join("repositories")
+    }
+
     fn repo_dir(&self, repo: &RepoName) -> PathBuf {
-        self.root.join("repositories").join(repo.as_str())
+        self.repos_dir().join(repo.as_str())
     }
 
     fn layer_link(&self, repo: &RepoName, d: &Digest) -> PathBuf {
@@ -73,110 +91,15 @@ impl FsStorage {
         self.repo_dir(repo).join("_manifests/tags")
     }
 
+    fn tags_lock(&self, repo: &RepoName) -> PathBuf {
+        self.repo_dir(repo).join("_manifests/lock")
+    }
+
     fn referrers_dir(&self, repo: &RepoName, subject: &Digest) -> PathBuf {
         self.repo_dir(repo).join("_referrers").join(subject.algorithm().as_str()).join(subject.hex())
     }
 
     fn referrer_path(&self, repo: &RepoName, subject: &Digest, d: &Digest) -> PathBuf {
         self.referrers_dir(repo, subject).join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
-    }
-}
-
-#[async_trait]
-impl Storage for FsStorage {
-    async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
-        self.linked_blob_size(repo, digest).await
-    }
-
-    async fn blob_read(&self, repo: &RepoName, digest: &Digest, range: Range<u64>) -> Result<ByteStream> {
-        self.read_blob(repo, digest, range).await
-    }
-
-    async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        self.unlink_blob(repo, digest).await
-    }
-
-    async fn blob_mount(&self, to: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
-        self.mount_blob(to, digest, from).await
-    }
-
-    async fn blob_put(&self, repo: &RepoName, digest: &Digest, body: ByteStream) -> Result<u64> {
-        self.put_blob(repo, digest, body).await
-    }
-
-    async fn upload_start(&self, repo: &RepoName, algorithm: Algorithm) -> Result<String> {
-        self.start_upload(repo, algorithm).await
-    }
-
-    async fn upload_offset(&self, repo: &RepoName, id: &str) -> Result<u64> {
-        Ok(self.load_upload(repo, id).await?.offset)
-    }
-
-    async fn upload_append(&self, repo: &RepoName, id: &str, chunk: Chunk, body: ByteStream) -> Result<u64> {
-        self.append_upload(repo, id, chunk, body).await
-    }
-
-    async fn upload_finish(
-        &self,
-        repo: &RepoName,
-        id: &str,
-        digest: &Digest,
-        last: Option<(Chunk, ByteStream)>,
-    ) -> Result<u64> {
-        self.finish_upload(repo, id, digest, last).await
-    }
-
-    async fn upload_cancel(&self, repo: &RepoName, id: &str) -> Result<()> {
-        self.cancel_upload(repo, id).await
-    }
-
-    async fn purge_uploads(&self, age: std::time::Duration) -> Result<usize> {
-        self.purge_stale_uploads(age).await
-    }
-
-    async fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>> {
-        self.get_manifest(repo, digest).await
-    }
-
-    async fn manifest_exists(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        Ok(self.revision(repo, digest).await?.is_some())
-    }
-
-    async fn manifest_put(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        manifest: StoredManifest,
-        referrer: Option<Referrer>,
-    ) -> Result<()> {
-        self.put_manifest(repo, digest, manifest, referrer).await
-    }
-
-    async fn manifest_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        self.delete_manifest(repo, digest).await
-    }
-
-    async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
-        self.get_tag(repo, tag).await
-    }
-
-    async fn tag_set(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
-        self.set_tag(repo, tag, digest).await
-    }
-
-    async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
-        self.delete_tag(repo, tag).await
-    }
-
-    async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
-        self.list_tags(repo).await
-    }
-
-    async fn repositories(&self) -> Result<Vec<String>> {
-        self.list_repositories().await
-    }
-
-    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<ReferrerDescriptor>> {
-        self.list_referrers(repo, subject).await
     }
 }

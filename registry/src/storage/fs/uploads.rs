@@ -6,43 +6,27 @@
 //! and a blob pushed with POST + PUT allocates no other inode (creating and
 //! deleting files per upload is what an ext4 volume handles worst).
 //!
-//! A chunk is acknowledged only after its bytes are synced and the new state is
-//! atomically and durably in place. Bytes beyond the recorded size (a chunk that
-//! was being written when the process died) are cut off before the next write.
+//! Every request that changes a session holds an exclusive `flock` on its data
+//! file ([`Session`]), so two requests, on one replica or on two, never write it at
+//! once. A chunk is acknowledged only after its bytes are synced and the new state
+//! is atomically and durably in place. Bytes beyond the recorded size (a chunk
+//! that failed or was being written when the process died) are cut off before the
+//! next write.
 
-use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::FsStorage;
-use super::blobs::write_stream;
 use super::durable::{self, blocking};
+use super::lock::Session;
+use super::write::write_stream;
 use crate::digest::{Algorithm, Digest, Hasher};
-use crate::error::{Error, Result};
-use crate::names::RepoName;
-use crate::storage::{ByteStream, Chunk};
-
-const STRIPES: usize = 64;
-
-/// Serialises requests on one upload within this process (striped by id).
-pub struct Locks([Arc<Mutex<()>>; STRIPES]);
-
-impl Default for Locks {
-    fn default() -> Self {
-        Locks(std::array::from_fn(|_| Arc::new(Mutex::new(()))))
-    }
-}
-
-impl Locks {
-    async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
-        let stripe = id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % STRIPES;
-        self.0[stripe].clone().lock_owned().await
-    }
-}
+use crate::names::{RepoName, UploadId};
+use crate::storage::{ByteStream, Chunk, Error, Result, Uploads};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UploadState {
@@ -55,36 +39,97 @@ impl UploadState {
     fn new(algorithm: Algorithm) -> Self {
         UploadState { algorithm, offset: 0, hash_state: Hasher::new(algorithm).save() }
     }
+
+    fn hasher(&self, path: &Path) -> Result<Hasher> {
+        Hasher::restore(self.algorithm, &self.hash_state)
+            .ok_or_else(|| Error::Corrupt(path.display().to_string(), "unreadable hash state".into()))
+    }
 }
 
-/// Upload ids are UUIDs; anything else never reaches the filesystem.
-fn valid_id(id: &str) -> bool {
-    uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
+/// The files of one session.
+struct Paths {
+    data: PathBuf,
+    state: PathBuf,
 }
 
 impl FsStorage {
-    fn session(&self, repo: &RepoName, id: &str) -> (PathBuf, PathBuf) {
-        let dir = self.repo_dir(repo).join("_uploads");
-        (dir.join(id), dir.join(format!("{id}.json")))
+    pub(super) fn uploads_dir(&self, repo: &RepoName) -> PathBuf {
+        self.repo_dir(repo).join("_uploads")
     }
 
+    fn session(&self, repo: &RepoName, id: UploadId) -> Paths {
+        let dir = self.uploads_dir(repo);
+        Paths { data: dir.join(id.to_string()), state: dir.join(format!("{id}.json")) }
+    }
+
+    /// The acknowledged state; the caller holds the session's lock if it writes.
+    async fn load_state(&self, paths: &Paths) -> Result<UploadState> {
+        let (data, state) = (paths.data.clone(), paths.state.clone());
+        let (exists, bytes) = blocking(move || Ok((data.exists(), durable::read_optional(&state)?))).await?;
+        match (exists, bytes) {
+            (false, _) => Err(Error::UploadUnknown),
+            (true, None) => Ok(UploadState::new(Algorithm::Sha256)),
+            (true, Some(bytes)) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Corrupt(paths.state.display().to_string(), e.to_string())),
+        }
+    }
+
+    /// Writes a chunk after the acknowledged bytes (cutting off anything beyond
+    /// them) and returns the new size and hash state. The caller holds the lock and
+    /// decides whether to record the new state.
+    async fn append_locked(
+        &self,
+        session: Session,
+        paths: &Paths,
+        state: &UploadState,
+        chunk: Chunk,
+        body: ByteStream,
+    ) -> Result<(u64, Hasher, Session)> {
+        if let Some(start) = chunk.start
+            && start != state.offset
+        {
+            return Err(Error::ChunkOutOfOrder { start, offset: state.offset });
+        }
+        let hasher = state.hasher(&paths.state)?;
+        let offset = state.offset;
+        let mut file = session.file;
+        let file = blocking(move || {
+            file.set_len(offset)?;
+            file.seek(SeekFrom::Start(offset))?;
+            Ok(file)
+        })
+        .await?;
+        let written = write_stream(file, offset, hasher, body).await?;
+        if let Some(announced) = chunk.len
+            && announced != written.len
+        {
+            // The recorded offset is unchanged, so the extra bytes are cut next time.
+            return Err(Error::ChunkLength { announced, received: written.len });
+        }
+        let size = offset
+            .checked_add(written.len)
+            .ok_or_else(|| Error::Io(std::io::Error::other("an upload cannot exceed 2^64 bytes")))?;
+        Ok((size, written.hasher, Session { file: written.file }))
+    }
+}
+
+#[async_trait]
+impl Uploads for FsStorage {
     /// A new session. Its creation is not synced: losing an empty session in a
     /// machine crash loses nothing acknowledged (the client starts over).
-    pub(super) async fn start_upload(&self, repo: &RepoName, algorithm: Algorithm) -> Result<String> {
-        let id = uuid::Uuid::new_v4().to_string();
-        let (data, state_path) = self.session(repo, &id);
+    async fn upload_start(&self, repo: &RepoName, algorithm: Algorithm) -> Result<UploadId> {
+        let id = UploadId::random();
+        let paths = self.session(repo, id);
         let tmp_dir = self.tmp_dir();
         let state = (algorithm != Algorithm::Sha256)
             .then(|| serde_json::to_vec(&UploadState::new(algorithm)))
             .transpose()
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            .map_err(|e| Error::Task(e.to_string()))?;
         blocking(move || {
-            if let Some(parent) = data.parent() {
-                durable::ensure_dir(parent)?;
-            }
-            std::fs::File::create(&data)?;
+            let dir = paths.data.parent().ok_or_else(|| std::io::Error::other("sessions have a directory"))?;
+            durable::in_dir(dir, || std::fs::File::create(&paths.data))?;
             if let Some(json) = state {
-                durable::replace(&tmp_dir, &state_path, &json, false)?;
+                durable::replace(&tmp_dir, &paths.state, &json, false)?;
             }
             Ok(())
         })
@@ -92,152 +137,82 @@ impl FsStorage {
         Ok(id)
     }
 
-    pub(super) async fn load_upload(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
-        if !valid_id(id) {
-            return Err(Error::UploadUnknown);
-        }
-        let (data, state_path) = self.session(repo, id);
-        let (exists, bytes) = blocking(move || Ok((data.exists(), durable::read_optional(&state_path)?))).await?;
-        match (exists, bytes) {
-            (false, _) => Err(Error::UploadUnknown),
-            (true, None) => Ok(UploadState::new(Algorithm::Sha256)),
-            (true, Some(bytes)) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Internal(format!("upload {id} has a damaged state file: {e}"))),
-        }
+    async fn upload_offset(&self, repo: &RepoName, id: UploadId) -> Result<u64> {
+        Ok(self.load_state(&self.session(repo, id)).await?.offset)
     }
 
-    /// Writes a chunk after the acknowledged bytes (cutting off anything a crashed
-    /// write left beyond them) and returns the new size and hash state. The caller
-    /// holds the session's lock and decides whether to record the new state.
-    async fn append_locked(
-        &self,
-        repo: &RepoName,
-        id: &str,
-        state: &UploadState,
-        chunk: Chunk,
-        body: ByteStream,
-    ) -> Result<(u64, Hasher)> {
-        if let Some(start) = chunk.start
-            && start != state.offset
-        {
-            return Err(Error::ChunkOutOfOrder {
-                start,
-                offset: state.offset,
-                location: crate::api::upload_location(repo, id),
-            });
-        }
-        let hasher = Hasher::restore(state.algorithm, &state.hash_state)
-            .ok_or_else(|| Error::Internal(format!("upload {id} has a damaged hash state")))?;
-        let (data, _) = self.session(repo, id);
-        let offset = state.offset;
-        let file = blocking(move || {
-            let mut file = OpenOptions::new().write(true).open(&data)?;
-            file.set_len(offset)?;
-            file.seek(SeekFrom::Start(offset))?;
-            Ok(file)
-        })
-        .await?;
-        let written = write_stream(file, hasher, body).await?;
-        if let Some(expected) = chunk.len
-            && expected != written.len
-        {
-            // The recorded offset is unchanged, so the extra bytes are cut next time.
-            return Err(Error::UploadInvalid(format!("chunk announced {expected} bytes but carried {}", written.len)));
-        }
-        Ok((offset + written.len, written.hasher))
-    }
-
-    /// A chunk is acknowledged once its bytes are synced and the new state is
-    /// durably in place.
-    pub(super) async fn append_upload(&self, repo: &RepoName, id: &str, chunk: Chunk, body: ByteStream) -> Result<u64> {
-        let _guard = self.upload_locks.lock(id).await;
-        let mut state = self.load_upload(repo, id).await?;
-        let (offset, hasher) = self.append_locked(repo, id, &state, chunk, body).await?;
+    async fn upload_append(&self, repo: &RepoName, id: UploadId, chunk: Chunk, body: ByteStream) -> Result<u64> {
+        let paths = self.session(repo, id);
+        let session = Session::lock(&paths.data).await?;
+        let mut state = self.load_state(&paths).await?;
+        let (offset, hasher, _session) = self.append_locked(session, &paths, &state, chunk, body).await?;
         state.offset = offset;
         state.hash_state = hasher.save();
-        let (_, state_path) = self.session(repo, id);
+        let json = serde_json::to_vec(&state).map_err(|e| Error::Task(e.to_string()))?;
         let tmp_dir = self.tmp_dir();
-        let json = serde_json::to_vec(&state).map_err(|e| Error::Internal(e.to_string()))?;
-        blocking(move || durable::write_atomic(&tmp_dir, &state_path, &json)).await?;
-        Ok(state.offset)
+        blocking(move || durable::write_atomic(&tmp_dir, &paths.state, &json)).await?;
+        Ok(offset)
     }
 
-    pub(super) async fn finish_upload(
+    async fn upload_finish(
         &self,
         repo: &RepoName,
-        id: &str,
+        id: UploadId,
         digest: &Digest,
         last: Option<(Chunk, ByteStream)>,
     ) -> Result<u64> {
-        let _guard = self.upload_locks.lock(id).await;
-        let state = self.load_upload(repo, id).await?;
+        let paths = self.session(repo, id);
+        let session = Session::lock(&paths.data).await?;
+        let state = self.load_state(&paths).await?;
         // The last chunk needs no state record of its own: the blob is published
         // (or the session dropped) right after it.
-        let (size, hasher) = match last {
-            Some((chunk, body)) => {
-                let (size, hasher) = self.append_locked(repo, id, &state, chunk, body).await?;
-                (size, Some(hasher))
-            }
-            None => (state.offset, Hasher::restore(state.algorithm, &state.hash_state)),
+        let (size, hasher, session) = match last {
+            Some((chunk, body)) => self.append_locked(session, &paths, &state, chunk, body).await?,
+            None => (state.offset, state.hasher(&paths.state)?, session),
         };
-        let (data, state_path) = self.session(repo, id);
-        let actual = match hasher {
-            Some(h) if h.algorithm() == digest.algorithm() => h.finish(),
-            Some(_) => Self::hash_file(data.clone(), size, digest.algorithm()).await?,
-            None => return Err(Error::Internal(format!("upload {id} has a damaged hash state"))),
+        let actual = if hasher.algorithm() == digest.algorithm() {
+            hasher.finish()
+        } else {
+            Self::hash_file(paths.data.clone(), size, digest.algorithm()).await?
         };
         if actual != *digest {
-            blocking(move || remove_session(&data, &state_path)).await?;
+            blocking(move || remove_session(&paths.data, &paths.state)).await?;
             return Err(Error::DigestMismatch);
         }
-        let check = data.clone();
-        blocking(move || {
-            let file = OpenOptions::new().write(true).open(&check)?;
+        // Cut off bytes of an earlier failed chunk, so the published file is
+        // exactly what was hashed.
+        let file = session.file;
+        let file = blocking(move || {
             if file.metadata()?.len() != size {
                 file.set_len(size)?;
                 file.sync_all()?;
             }
-            Ok(())
+            Ok(file)
         })
         .await?;
-        self.publish_blob(data, repo, digest).await?;
-        blocking(move || durable::remove_if_exists(&state_path).map(|_| ())).await?;
+        self.publish_blob(paths.data.clone(), repo, digest).await?;
+        drop(file); // the lock is released only once the session is gone
+        blocking(move || durable::remove_if_exists(&paths.state).map(|_| ())).await?;
         Ok(size)
     }
 
-    /// Removes sessions whose data file was last written before `age` ago.
-    pub(super) async fn purge_stale_uploads(&self, age: std::time::Duration) -> Result<usize> {
-        let repos = self.list_upload_dirs().await?;
+    async fn upload_cancel(&self, repo: &RepoName, id: UploadId) -> Result<()> {
+        let paths = self.session(repo, id);
+        let session = Session::lock(&paths.data).await?;
         blocking(move || {
-            let cutoff = std::time::SystemTime::now() - age;
-            let mut purged = 0;
-            for dir in repos {
-                for name in durable::list_dir(&dir)? {
-                    if !valid_id(&name) {
-                        continue;
-                    }
-                    let data = dir.join(&name);
-                    let stale = std::fs::metadata(&data).and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
-                    if stale {
-                        remove_session(&data, &dir.join(format!("{name}.json")))?;
-                        purged += 1;
-                    }
-                }
-            }
-            Ok(purged)
+            remove_session(&paths.data, &paths.state)?;
+            drop(session);
+            Ok(())
         })
         .await
     }
 
-    pub(super) async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
-        let _guard = self.upload_locks.lock(id).await;
-        self.load_upload(repo, id).await?;
-        let (data, state_path) = self.session(repo, id);
-        blocking(move || remove_session(&data, &state_path)).await
+    async fn purge(&self, age: Duration) -> Result<usize> {
+        self.purge_leftovers(age).await
     }
 }
 
-fn remove_session(data: &std::path::Path, state: &std::path::Path) -> std::io::Result<()> {
+pub(super) fn remove_session(data: &Path, state: &Path) -> std::io::Result<()> {
     for path in [state, data] {
         match std::fs::remove_file(path) {
             Ok(()) => {}

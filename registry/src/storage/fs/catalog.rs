@@ -1,0 +1,106 @@
+//! The catalog: `repositories/_index/` holds one empty file per repository (its
+//! name with `/` written as `+`, a character names cannot contain), so listing the
+//! repositories reads one directory instead of walking the whole tree. An entry is
+//! made when a repository gains its first blob link or manifest and removed by the
+//! periodic cleanup once the repository holds neither.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::FsStorage;
+use super::durable::{self, blocking};
+use crate::names::RepoName;
+use crate::storage::{Catalog, Result};
+
+fn entry_name(repo: &str) -> String {
+    repo.replace('/', "+")
+}
+
+/// True when the repository directory holds a blob link or a manifest.
+pub(super) fn has_content(repo_dir: &Path) -> bool {
+    let non_empty = |p: PathBuf| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some());
+    non_empty(repo_dir.join("_layers")) || non_empty(repo_dir.join("_manifests/revisions"))
+}
+
+/// The repository directories below `root` (relative, `/`-separated) for which
+/// `wanted(dir, entries)` holds, found by walking the tree.
+pub(super) fn walk(root: &Path, wanted: fn(&Path, &[String]) -> bool) -> std::io::Result<Vec<String>> {
+    let mut found = Vec::new();
+    let mut pending = vec![String::new()];
+    while let Some(prefix) = pending.pop() {
+        let dir = root.join(&prefix);
+        let entries = durable::list_dir(&dir)?;
+        if !prefix.is_empty() && wanted(&dir, &entries) {
+            found.push(prefix.clone());
+        }
+        for entry in entries.into_iter().filter(|e| !e.starts_with('_')) {
+            if dir.join(&entry).is_dir() {
+                pending.push(if prefix.is_empty() { entry } else { format!("{prefix}/{entry}") });
+            }
+        }
+    }
+    Ok(found)
+}
+
+impl FsStorage {
+    fn index_dir(&self) -> PathBuf {
+        self.repos_dir().join("_index")
+    }
+
+    /// Builds the index of a storage root written before it existed, by one walk,
+    /// in a temporary directory renamed into place (another replica may race us).
+    pub(super) fn ensure_catalog(&self) -> std::io::Result<()> {
+        let index = self.index_dir();
+        if index.is_dir() {
+            return Ok(());
+        }
+        let building = tempfile::Builder::new().prefix("index-").tempdir_in(self.tmp_dir())?;
+        for repo in walk(&self.repos_dir(), |dir, _| has_content(dir))? {
+            std::fs::File::create(building.path().join(entry_name(&repo)))?;
+        }
+        durable::sync_dir(building.path())?;
+        let path = building.keep();
+        match std::fs::rename(&path, &index) {
+            Ok(()) => durable::sync_dir(&self.repos_dir()),
+            Err(_) if index.is_dir() => std::fs::remove_dir_all(&path),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) async fn add_to_catalog(&self, repo: &RepoName) -> Result<()> {
+        let entry = self.index_dir().join(entry_name(repo.as_str()));
+        blocking(move || durable::touch(&entry)).await
+    }
+}
+
+/// Drops the catalog entries of repositories that hold nothing any more.
+pub(super) fn prune(repos_dir: &Path) -> std::io::Result<usize> {
+    let index = repos_dir.join("_index");
+    let mut removed = 0;
+    for entry in durable::list_dir(&index)? {
+        let dir = repos_dir.join(entry.replace('+', "/"));
+        if !has_content(&dir) && durable::remove_if_exists(&index.join(&entry))? {
+            // A push may have landed between the check and the removal.
+            if has_content(&dir) {
+                durable::touch(&index.join(&entry))?;
+            } else {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[async_trait]
+impl Catalog for FsStorage {
+    async fn repositories(&self) -> Result<Vec<String>> {
+        let index = self.index_dir();
+        blocking(move || {
+            let mut repos: Vec<String> = durable::list_dir(&index)?.iter().map(|e| e.replace('+', "/")).collect();
+            repos.sort();
+            Ok(repos)
+        })
+        .await
+    }
+}

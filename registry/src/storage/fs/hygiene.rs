@@ -1,0 +1,85 @@
+//! Cleaning up what clients and crashes leave behind, at start and periodically:
+//! abandoned upload sessions, temporary files, catalog entries of repositories
+//! that hold nothing, and directories with no file left in them.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::FsStorage;
+use super::catalog;
+use super::durable::{self, blocking};
+use super::lock::session_in_use;
+use super::uploads::remove_session;
+use crate::names::UploadId;
+use crate::storage::Result;
+
+/// A temporary file untouched this long belongs to a writer that died: every
+/// writer touches its file at least every few seconds while it works.
+const TMP_AGE: Duration = Duration::from_secs(3600);
+
+/// True when `path` was last modified before `cutoff`.
+fn older(path: &Path, cutoff: SystemTime) -> bool {
+    std::fs::symlink_metadata(path).and_then(|m| m.modified()).is_ok_and(|t| t < cutoff)
+}
+
+/// Removes the sessions in `dir` last written before `cutoff` that no request
+/// holds, and state files whose data file is gone. Returns the sessions removed.
+fn purge_sessions(dir: &Path, cutoff: SystemTime) -> std::io::Result<usize> {
+    let mut purged = 0;
+    for name in durable::list_dir(dir)? {
+        let path = dir.join(&name);
+        if let Some(id) = name.strip_suffix(".json") {
+            if id.parse::<UploadId>().is_ok() && !dir.join(id).exists() && older(&path, cutoff) {
+                durable::remove_if_exists(&path)?;
+            }
+        } else if name.parse::<UploadId>().is_ok() && older(&path, cutoff) && !session_in_use(&path)? {
+            remove_session(&path, &dir.join(format!("{name}.json")))?;
+            purged += 1;
+        }
+    }
+    Ok(purged)
+}
+
+/// Removes every directory below `dir` (and `dir` itself) that holds no file and
+/// has not changed since `cutoff`, deepest first. `rmdir` refuses a directory
+/// that gained an entry meanwhile, and writers recreate a directory that went.
+fn remove_empty_dirs(dir: &Path, cutoff: SystemTime) -> std::io::Result<bool> {
+    let mut empty = true;
+    for name in durable::list_dir(dir)? {
+        let path = dir.join(&name);
+        let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        if !(is_dir && remove_empty_dirs(&path, cutoff)?) {
+            empty = false;
+        }
+    }
+    if empty && older(dir, cutoff) && std::fs::remove_dir(dir).is_ok() {
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+impl FsStorage {
+    pub(super) async fn purge_leftovers(&self, age: Duration) -> Result<usize> {
+        let (repos, tmp) = (self.repos_dir(), self.tmp_dir());
+        let before = |age| SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
+        let (sessions_before, tmp_before) = (before(age), before(TMP_AGE.min(age)));
+        blocking(move || {
+            let mut purged = 0;
+            for entry in durable::list_dir(&tmp)? {
+                let path = tmp.join(entry);
+                if older(&path, tmp_before) {
+                    let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+                }
+            }
+            for repo in catalog::walk(&repos, |_, entries| entries.iter().any(|e| e == "_uploads"))? {
+                purged += purge_sessions(&repos.join(&repo).join("_uploads"), sessions_before)?;
+            }
+            for entry in durable::list_dir(&repos)?.into_iter().filter(|e| !e.starts_with('_')) {
+                remove_empty_dirs(&repos.join(entry), tmp_before)?;
+            }
+            catalog::prune(&repos)?;
+            Ok(purged)
+        })
+        .await
+    }
+}
