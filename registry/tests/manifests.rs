@@ -97,6 +97,21 @@ async fn references_must_exist_unless_configured_otherwise() {
     assert!(message.contains(&missing.to_string()), "{message}");
     assert_error(reg.get("/v2/v/manifests/t").await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
 
+    // Every missing reference is reported, once each, with its digest.
+    let config = Digest::of(Algorithm::Sha256, b"no config either");
+    m["config"]["digest"] = json!(config.to_string());
+    m["layers"] = json!([
+        {"mediaType": OCI_LAYER, "digest": missing.to_string(), "size": 12},
+        {"mediaType": OCI_LAYER, "digest": missing.to_string(), "size": 12},
+    ]);
+    let r = reg.put_manifest("v", "t", OCI_MANIFEST, &bytes(&m)).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let reported: Vec<_> = body["errors"].as_array().unwrap().iter().map(|e| e["detail"]["digest"].clone()).collect();
+    assert_eq!(reported, [json!(config.to_string()), json!(missing.to_string())], "{body}");
+    assert!(body["errors"].as_array().unwrap().iter().all(|e| e["code"] == "MANIFEST_BLOB_UNKNOWN"));
+    m = reg.image_manifest("v", b"layer", None).await;
+
     // A blob in another repository does not count.
     let other = reg.push_blob("elsewhere", b"elsewhere").await;
     m["layers"][0]["digest"] = json!(other.to_string());

@@ -40,19 +40,20 @@ fn purge_sessions(dir: &Path, cutoff: SystemTime) -> std::io::Result<usize> {
     Ok(purged)
 }
 
-/// Removes every directory below `dir` (and `dir` itself) that holds no file and
-/// has not changed since `cutoff`, deepest first. `rmdir` refuses a directory
-/// that gained an entry meanwhile, and writers recreate a directory that went.
-fn remove_empty_dirs(dir: &Path, cutoff: SystemTime) -> std::io::Result<bool> {
+/// Removes every directory below `dir` (and `dir` itself) that holds no file,
+/// deepest first. `rmdir` refuses a directory that gained an entry meanwhile, and
+/// a writer whose directory went between its `mkdir` and its create makes it
+/// again (`durable::in_dir`).
+fn remove_empty_dirs(dir: &Path) -> std::io::Result<bool> {
     let mut empty = true;
     for name in durable::list_dir(dir)? {
         let path = dir.join(&name);
         let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
-        if !(is_dir && remove_empty_dirs(&path, cutoff)?) {
+        if !(is_dir && remove_empty_dirs(&path)?) {
             empty = false;
         }
     }
-    if empty && older(dir, cutoff) && std::fs::remove_dir(dir).is_ok() {
+    if empty && std::fs::remove_dir(dir).is_ok() {
         return Ok(true);
     }
     Ok(false)
@@ -75,7 +76,7 @@ impl FsStorage {
                 purged += purge_sessions(&repos.join(&repo).join("_uploads"), sessions_before)?;
             }
             for entry in durable::list_dir(&repos)?.into_iter().filter(|e| !e.starts_with('_')) {
-                remove_empty_dirs(&repos.join(entry), tmp_before)?;
+                remove_empty_dirs(&repos.join(entry))?;
             }
             catalog::prune(&repos)?;
             Ok(purged)

@@ -123,3 +123,45 @@ fn chunked(file: File, range: Range<u64>) -> ByteStream {
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::TryStreamExt;
+
+    use super::*;
+
+    async fn read_all(mode: Mode, data: &[u8], range: Range<u64>) -> Vec<u8> {
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, data).unwrap();
+        let chunks: Vec<Bytes> = stream(file, range, mode).await.unwrap().try_collect().await.unwrap();
+        chunks.concat()
+    }
+
+    #[tokio::test]
+    async fn both_modes_read_the_same_bytes() {
+        let data: Vec<u8> = (0..3 * SEND_CHUNK + 12345).map(|i| (i * 7 % 251) as u8).collect();
+        for range in [0..data.len() as u64, 1..data.len() as u64 - 1, 100..200, 5..(SEND_CHUNK as u64 * 2 + 3)] {
+            let want = &data[range.start as usize..range.end as usize];
+            assert_eq!(read_all(Mode::Map, &data, range.clone()).await, want);
+            assert_eq!(read_all(Mode::Read, &data, range.clone()).await, want);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_error_fails_the_stream_instead_of_the_process() {
+        // The file is shorter than the range: as when another client truncated it.
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(SMALL_READ * 8).unwrap();
+        let mut s = stream(file.try_clone().unwrap(), 0..SMALL_READ * 8, Mode::Read).await.unwrap();
+        file.set_len(10).unwrap();
+        let result: std::result::Result<Vec<Bytes>, _> = futures_util::TryStreamExt::try_collect(&mut s).await;
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn local_filesystems_are_mapped() {
+        assert_eq!(Mode::for_filesystem(Path::new("/proc")), Mode::Read);
+        assert_eq!(Mode::for_filesystem(Path::new("/dev/shm")), Mode::Map, "tmpfs");
+        assert_eq!(Mode::for_filesystem(Path::new("/no/such/dir")), Mode::Read);
+    }
+}
