@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_registry::config::ManifestsConfig;
+use berth_registry::config::{LimitsConfig, ManifestsConfig};
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -64,6 +64,10 @@ pub struct RegistrySpec {
     /// Manifest handlers (one per media type) and how pushed manifests are validated.
     #[serde(default)]
     pub manifests: ManifestsConfig,
+    /// What clients may hold of each registry pod: connections, uploads in flight,
+    /// buffered manifest bytes, and how long a stalled client is waited for.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Allow deleting blobs, manifests and tags through the registry API.
     #[serde(default = "yes")]
     pub delete_enabled: bool,

@@ -69,6 +69,7 @@ pub fn registry_config(reg: &Registry) -> Config {
         delete_enabled: reg.spec.delete_enabled,
         read_only: reg.spec.read_only,
         manifests: reg.spec.manifests.clone(),
+        limits: reg.spec.limits.clone(),
         ..Config::default()
     };
     config.storage.root = DATA_DIR.into();

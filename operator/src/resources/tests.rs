@@ -1,5 +1,6 @@
 use super::*;
 use berth_crds::{RegistrySpec, RetentionPolicy, StorageSpec};
+use berth_registry::config::LimitsConfig;
 
 fn registry(yaml_spec: &str) -> Registry {
     let spec: RegistrySpec = serde_saphyr::from_str(yaml_spec).unwrap();
@@ -21,7 +22,9 @@ fn defaults_follow_the_schema() {
 
 #[test]
 fn config_map_renders_the_registry_config_type() {
-    let reg = registry("manifests: {docker: {schema1: true}, validation: {maxSize: 1024}}\nreadOnly: true");
+    let reg = registry(
+        "manifests: {docker: {schema1: true}, validation: {maxSize: 1024}}\nreadOnly: true\nlimits: {maxUploads: 7}",
+    );
     let cm = config_map(&reg);
     assert_eq!(cm.metadata.name.as_deref(), Some("cache-config"));
     assert_eq!(cm.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
@@ -30,6 +33,8 @@ fn config_map_renders_the_registry_config_type() {
     assert!(parsed.manifests.docker.schema1);
     assert_eq!(parsed.manifests.validation.max_size, 1024);
     assert!(parsed.read_only);
+    assert_eq!(parsed.limits.max_uploads, 7);
+    assert_eq!(parsed.limits.max_connections, LimitsConfig::default().max_connections);
     assert_eq!(parsed.storage.root, std::path::PathBuf::from(DATA_DIR));
     assert_eq!(parsed.listen, "0.0.0.0:5000");
 }
