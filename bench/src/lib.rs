@@ -1,0 +1,3 @@
+//! The servers under test, shared by both binaries.
+
+pub mod servers;
