@@ -2,14 +2,13 @@
 //! Debian's 2.8) and nginx, measured interleaved in one run so the ratios hold on a
 //! noisy machine. Prints a Markdown table (and writes it with `--out`).
 
-mod servers;
 mod workloads;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use berth_bench::servers::{Binaries, Kind, Server};
 use clap::Parser;
-use servers::{Binaries, Kind, Server};
 use workloads::*;
 
 #[derive(Parser)]

@@ -115,6 +115,10 @@ impl Server {
         panic!("{kind:?} did not start");
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Peak resident set size of the server process since it started, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
