@@ -168,3 +168,34 @@ pub async fn raw_get_status(base: &str, path: &str) -> u16 {
     let text = String::from_utf8_lossy(&response);
     text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
+
+/// Checks every stored blob, `<root>/blobs/sha256/<xx>/<hex>`: its content must
+/// hash to `<hex>`. Returns how many files were checked and a description of each
+/// one that does not match (hashed here with `sha2`, independently of the registry).
+pub fn verify_blob_files(root: &Path) -> (usize, Vec<String>) {
+    use sha2::Digest as _;
+    let mut checked = 0;
+    let mut bad = Vec::new();
+    for path in files_below(&root.join("blobs").join("sha256")) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                bad.push(format!("{}: unreadable: {e}", path.display()));
+                continue;
+            }
+        };
+        checked += 1;
+        let actual = hex::encode(sha2::Sha256::digest(&bytes));
+        if actual != name {
+            let zeros = bytes.iter().filter(|b| **b == 0).count();
+            bad.push(format!(
+                "{} holds {} bytes ({zeros} of them zero) that hash to sha256:{actual}, not to its name",
+                path.display(),
+                bytes.len()
+            ));
+        }
+    }
+    (checked, bad)
+}
