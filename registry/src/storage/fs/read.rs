@@ -44,8 +44,9 @@ impl Mode {
         let Ok(path) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) else {
             return Mode::Read;
         };
-        // SAFETY: statfs fills the zeroed struct we pass; the path is NUL-terminated.
+        // SAFETY: an all-zero statfs is a valid value of this plain C struct.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statfs fills the struct we pass; the path is NUL-terminated.
         if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
             return Mode::Read;
         }
