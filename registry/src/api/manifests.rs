@@ -23,7 +23,7 @@ pub async fn get(app: &App, repo: &RepoName, reference: &str, req: Req, head: bo
         Reference::Tag(t) => (app.storage.tag_get(repo, &t).await?.ok_or_else(Error::manifest_unknown)?, true),
     };
     let stored = app.storage.manifest_get(repo, &digest).await?.ok_or_else(Error::manifest_unknown)?;
-    let accepts = Accepts::from_headers(&req.headers);
+    let accepts = Accepts::from_values(req.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()));
     let (digest, stored) = match Kind::from_media_type(&stored.media_type) {
         Some((kind, _)) => match negotiate::decide(kind, accepts, by_tag)? {
             Outcome::Serve => (digest, stored),

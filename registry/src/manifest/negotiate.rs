@@ -8,9 +8,6 @@
 //!   `MANIFEST_INVALID` if that is a schema2 manifest the client does not accept;
 //! - everything else is served as stored. `q=` weights are ignored.
 
-use axum::http::HeaderMap;
-use axum::http::header::ACCEPT;
-
 use super::{Kind, docker_manifest_list, docker_schema2, oci_index, oci_manifest};
 use crate::error::Error;
 
@@ -23,14 +20,10 @@ pub struct Accepts {
 }
 
 impl Accepts {
-    pub fn from_headers(headers: &HeaderMap) -> Self {
+    /// From the values of every `Accept` header of a request.
+    pub fn from_values<'a>(values: impl Iterator<Item = &'a str>) -> Self {
         let mut a = Accepts::default();
-        let types = headers
-            .get_all(ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.split(';').next().unwrap_or("").trim());
+        let types = values.flat_map(|v| v.split(',')).map(|t| t.split(';').next().unwrap_or("").trim());
         for t in types {
             match t {
                 oci_manifest::MEDIA_TYPE => a.oci_manifest = true,
@@ -78,14 +71,9 @@ pub fn check_default_platform(kind: Kind, accepts: Accepts) -> Result<(), Error>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     fn accepts(values: &[&str]) -> Accepts {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append(ACCEPT, HeaderValue::from_str(v).unwrap());
-        }
-        Accepts::from_headers(&h)
+        Accepts::from_values(values.iter().copied())
     }
 
     #[test]
