@@ -905,7 +905,7 @@ pub async fn manifest_delete_removes_its_tags_and_referrer<S: Storage + ?Sized>(
 
     assert!(s.manifest_delete(&r, &signature.digest).await.unwrap());
     let left: Vec<Digest> = s.referrers(&r, &gone).await.unwrap().into_iter().map(|d| d.digest).collect();
-    assert_eq!(left, [other_signature.digest.clone()], "the deleted referrer is still listed");
+    assert_eq!(left, [other_signature.digest], "the deleted referrer is still listed");
 
     assert!(s.manifest_delete(&r, &gone).await.unwrap());
     assert!(!s.manifest_exists(&r, &gone).await.unwrap());
