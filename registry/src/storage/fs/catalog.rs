@@ -17,10 +17,16 @@ fn entry_name(repo: &str) -> String {
     repo.replace('/', "+")
 }
 
-/// True when the repository directory holds a blob link or a manifest.
+/// True when the repository directory holds a blob link or a manifest (a file
+/// below `_layers/<alg>/` or `_manifests/revisions/<alg>/`; the directories alone
+/// stay behind after deletes).
 pub(super) fn has_content(repo_dir: &Path) -> bool {
-    let non_empty = |p: PathBuf| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some());
-    non_empty(repo_dir.join("_layers")) || non_empty(repo_dir.join("_manifests/revisions"))
+    let holds_file = |dir: PathBuf| {
+        std::fs::read_dir(dir).is_ok_and(|algs| {
+            algs.flatten().any(|alg| std::fs::read_dir(alg.path()).is_ok_and(|mut d| d.next().is_some()))
+        })
+    };
+    holds_file(repo_dir.join("_layers")) || holds_file(repo_dir.join("_manifests/revisions"))
 }
 
 /// The repository directories below `root` (relative, `/`-separated) for which

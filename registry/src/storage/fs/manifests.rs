@@ -77,9 +77,11 @@ impl FsStorage {
 
     /// Every reference of `put` that `repo` does not hold.
     async fn missing_references(&self, repo: &RepoName, put: &ManifestPut) -> Result<Vec<Digest>> {
+        let mut seen = std::collections::HashSet::new();
         let blobs = put.blobs.iter().cloned().map(|d| (d, true));
         let children = put.children.iter().cloned().map(|d| (d, false));
-        let mut checks = futures_util::stream::iter(blobs.chain(children))
+        let each_once: Vec<_> = blobs.chain(children).filter(|check| seen.insert(check.clone())).collect();
+        let mut checks = futures_util::stream::iter(each_once)
             .map(|(digest, blob)| async move {
                 let present = if blob {
                     self.blob_size(repo, &digest).await.map(|s| s.is_some())
@@ -91,7 +93,7 @@ impl FsStorage {
             .buffered(CHECKS);
         let mut missing = Vec::new();
         while let Some((digest, present)) = checks.next().await {
-            if !present? {
+            if !present? && !missing.contains(&digest) {
                 missing.push(digest);
             }
         }
