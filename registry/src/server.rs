@@ -119,8 +119,7 @@ fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(limits.header_timeout_secs))
-        .max_buf_size(64 * 1024);
+        .header_read_timeout(Duration::from_secs(limits.header_timeout_secs));
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
     builder
 }

@@ -37,16 +37,21 @@ struct Sink {
     start: u64,
     kicked: u64,
     previous: Option<(u64, u64)>,
+    /// The last batch's buffer, emptied, for the next batch: a fresh buffer per
+    /// batch would fault its pages in again every time.
+    spare: Vec<u8>,
 }
 
 impl Sink {
-    fn write(mut self, batch: Vec<u8>) -> io::Result<Sink> {
+    fn write(mut self, mut batch: Vec<u8>) -> io::Result<Sink> {
         self.hasher.update(&batch);
         self.file.write_all(&batch)?;
         self.len += batch.len() as u64;
         if self.len - self.kicked >= WRITEBACK_WINDOW {
             self.kick();
         }
+        batch.clear();
+        self.spare = batch;
         Ok(self)
     }
 
@@ -71,7 +76,7 @@ impl Sink {
 /// the data is synced before this returns. A body that fails or goes quiet ends
 /// with [`Error::Body`]; whatever it wrote is not acknowledged.
 pub async fn write_stream(file: File, start: u64, hasher: Hasher, mut body: ByteStream) -> Result<Written> {
-    let mut idle = Some(Sink { file, hasher, len: 0, start, kicked: 0, previous: None });
+    let mut idle = Some(Sink { file, hasher, len: 0, start, kicked: 0, previous: None, spare: Vec::new() });
     let mut busy: Option<tokio::task::JoinHandle<io::Result<Sink>>> = None;
     let mut batch = Vec::new();
     loop {
@@ -89,14 +94,14 @@ pub async fn write_stream(file: File, start: u64, hasher: Hasher, mut body: Byte
             }
             None => true,
         };
-        if batch.len() < BATCH && !done {
+        if !done && batch.len() < BATCH {
             continue;
         }
-        let sink = match busy.take() {
+        let mut sink = match busy.take() {
             Some(writing) => writing.await.map_err(|e| Error::Task(e.to_string()))??,
             None => idle.take().ok_or_else(|| Error::Task("writer lost its file".into()))?,
         };
-        let full = std::mem::take(&mut batch);
+        let full = std::mem::replace(&mut batch, std::mem::take(&mut sink.spare));
         busy = Some(tokio::task::spawn_blocking(move || sink.write(full)));
         if done {
             break;
