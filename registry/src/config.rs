@@ -84,8 +84,9 @@ pub struct LimitsConfig {
     #[schemars(range(min = 1))]
     pub max_connections: u32,
     /// Requests streaming an upload body at once (blob PATCH, PUT and monolithic
-    /// POST). Each holds up to about 2 MiB of memory while its data flows and a
-    /// few bytes while it trickles; none holds a thread while it waits.
+    /// POST). Each holds at most about 1.5 MiB of memory while its data flows, and
+    /// only the bytes not yet written while it trickles; none holds a thread while
+    /// it waits.
     #[schemars(range(min = 1))]
     pub max_uploads: u32,
     /// Total bytes of manifest bodies held in memory while they arrive.

@@ -74,6 +74,7 @@ impl From<storage::Error> for Error {
             S::UploadBusy => Error::UploadBusy,
             S::ChunkOutOfOrder { start, offset } => Error::ChunkOutOfOrder { start, offset, location: None },
             e @ S::ChunkLength { .. } => Error::UploadInvalid(e.to_string()),
+            e @ S::Busy(_) => Error::TooManyRequests(e.to_string()),
             S::DigestMismatch => Error::DigestMismatch,
             e @ S::Body(_) => Error::UploadInvalid(e.to_string()),
             S::ReferencesUnknown(missing) => Error::ManifestBlobUnknown(missing),

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -28,10 +28,23 @@ pub async fn accepted(result: io::Result<(TcpStream, SocketAddr)>) -> Option<(Tc
     }
 }
 
-/// When a connection last moved a byte, shared by both directions.
+/// When a connection last moved a byte, shared by both directions, and whether
+/// the server is working on one of its requests (hashing or syncing a large
+/// upload moves no byte for a while, and is not idleness).
 pub struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    working: AtomicUsize,
+}
+
+/// A request being handled; the connection counts as active until it is dropped.
+pub struct Working(Arc<Activity>);
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.working.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for Activity {
@@ -42,16 +55,25 @@ impl Default for Activity {
 
 impl Activity {
     pub fn new() -> Self {
-        Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
+        Activity { start: Instant::now(), last_ms: AtomicU64::new(0), working: AtomicUsize::new(0) }
+    }
+
+    /// Marks a request as being handled until the returned guard is dropped.
+    pub fn working(self: &Arc<Self>) -> Working {
+        self.working.fetch_add(1, Ordering::Relaxed);
+        Working(self.clone())
     }
 
     fn touch(&self) {
         self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Resolves once nothing has moved for `limit`.
+    /// Resolves once nothing has moved for `limit` and no request is being handled.
     pub async fn idle_for(&self, limit: Duration) {
         loop {
+            if self.working.load(Ordering::Relaxed) > 0 {
+                self.touch();
+            }
             let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let quiet = self.start.elapsed().saturating_sub(last);
             if quiet >= limit {
@@ -136,5 +158,24 @@ pub fn raise_open_files_limit() -> u64 {
             }
         }
         limit.rlim_cur
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_with_a_request_in_hand_is_not_idle() {
+        let limit = Duration::from_millis(200);
+        let activity = Arc::new(Activity::new());
+        let working = activity.working();
+        let idle = activity.idle_for(limit);
+        tokio::pin!(idle);
+        assert!(tokio::time::timeout(limit * 4, &mut idle).await.is_err(), "idle while working");
+        drop(working);
+        let started = Instant::now();
+        tokio::time::timeout(limit * 10, &mut idle).await.expect("idle once the request is done");
+        assert!(started.elapsed() >= limit / 2, "idle too early: {:?}", started.elapsed());
     }
 }

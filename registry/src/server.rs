@@ -11,7 +11,6 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -87,7 +86,7 @@ pub async fn serve(
             continue;
         };
         let activity = Arc::new(Activity::new());
-        let service = TowerToHyperService::new(app.clone());
+        let service = counted(app.clone(), activity.clone());
         let connection = builder.serve_connection_with_upgrades(io(stream, &activity), service).into_owned();
         let connection = graceful.watch(connection);
         let idle = Duration::from_secs(limits.idle_timeout_secs);
@@ -108,6 +107,28 @@ pub async fn serve(
     Ok(())
 }
 
+/// The app as a hyper service that marks the connection as working while a
+/// request is being handled, so the idle timeout does not cut a long finish.
+fn counted(
+    app: axum::Router,
+    activity: Arc<Activity>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let working = activity.working();
+        let mut app = app.clone();
+        async move {
+            let response = tower_service::Service::call(&mut app, request).await;
+            drop(working);
+            response
+        }
+    })
+}
+
 fn io(stream: TcpStream, activity: &Arc<Activity>) -> TokioIo<Tracked<TcpStream>> {
     let _ = stream.set_nodelay(true);
     TokioIo::new(Tracked::new(stream, activity.clone()))
@@ -116,10 +137,7 @@ fn io(stream: TcpStream, activity: &Arc<Activity>) -> TokioIo<Tracked<TcpStream>
 /// HTTP/1.1 and cleartext HTTP/2, with a timer so the header timeout applies.
 fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(limits.header_timeout_secs));
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(limits.header_timeout_secs));
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
     builder
 }

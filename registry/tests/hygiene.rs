@@ -65,7 +65,7 @@ async fn leftovers_are_removed_and_live_state_kept() {
     let (dead, live) = (root.join("tmp/.tmpDEAD"), root.join("tmp/.tmpLIVE"));
     std::fs::write(&dead, b"half").unwrap();
     std::fs::write(&live, b"half").unwrap();
-    backdate(&dead, Duration::from_secs(2 * 3600));
+    backdate(&dead, Duration::from_secs(2 * 24 * 3600));
     backdate_tree(&root.join("repositories/abandoned"), WEEK * 2);
     // A repository whose only blob was deleted.
     let digest = reg.push_blob("emptied", b"soon gone").await;

@@ -44,8 +44,9 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, Durat
 
 async fn start_upload(reg: &Registry, repo: &str) -> String {
     let r = reg.req(Method::POST, &format!("/v2/{repo}/blobs/uploads/")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    header(&r, "location")
+    let location = header(&r, "location");
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "{}", r.text().await.unwrap());
+    location
 }
 
 #[tokio::test]

@@ -80,6 +80,10 @@ async fn put_by_digest_checks_the_digest_and_applies_tag_params() {
     let list: serde_json::Value = reg.get("/v2/d/tags/list").await.json().await.unwrap();
     assert_eq!(list["tags"], json!(["a", "b"]));
 
+    let many: String = (0..101).map(|i| format!("tag=t{i}&")).collect();
+    let r = reg.put_manifest("d", &format!("{digest}?{many}"), OCI_MANIFEST, &body).await;
+    assert_error(r, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+
     let sha512 = Digest::of(Algorithm::Sha512, &body);
     let r = reg.put_manifest("d", &sha512.to_string(), OCI_MANIFEST, &body).await;
     assert_eq!(r.status(), StatusCode::CREATED);

@@ -108,9 +108,16 @@ async fn read_limited(app: &App, req: Req) -> Result<(Bytes, ManifestBudget)> {
     Ok((buf.freeze(), budget))
 }
 
+/// `?tag=` parameters one push may carry: each is a synced file written under the
+/// repository's lock.
+const MAX_TAGS: usize = 100;
+
 pub async fn put(app: &App, repo: &RepoName, reference: &str, req: Req) -> Result<Response> {
     app.check_writable()?;
     let reference: Reference = reference.parse()?;
+    if req.params("tag").count() > MAX_TAGS {
+        return Err(Error::TagInvalid(format!("at most {MAX_TAGS} tag parameters per push")));
+    }
     let tags: Vec<Tag> = req.params("tag").map(str::parse).collect::<Result<_>>()?;
     let content_type = req.header(header::CONTENT_TYPE).map(str::to_owned);
     let (bytes, _budget) = read_limited(app, req).await?;

@@ -16,6 +16,9 @@ pub enum Error {
     UploadBusy,
     #[error("chunk starts at byte {start} but the upload has {offset} bytes")]
     ChunkOutOfOrder { start: u64, offset: u64 },
+    /// A lock stayed taken (another request or replica) past the wait.
+    #[error("{0}; retry shortly")]
+    Busy(&'static str),
     #[error("chunk announced {announced} bytes but carried {received}")]
     ChunkLength { announced: u64, received: u64 },
     #[error("provided digest did not match uploaded content")]

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use super::FsStorage;
 use super::durable::{self, blocking};
+use super::lock::Session;
 use super::{read, write};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::names::RepoName;
@@ -20,9 +21,9 @@ impl FsStorage {
     }
 
     async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.add_to_catalog(repo).await?;
         let link = self.layer_link(repo, digest);
-        blocking(move || durable::touch(&link)).await?;
-        self.add_to_catalog(repo).await
+        blocking(move || durable::touch(&link)).await
     }
 
     /// Publishes a complete, synced file whose content hashes to `digest` as that
@@ -30,8 +31,17 @@ impl FsStorage {
     /// the name: the new file is verified, an existing one might not be (a crash of
     /// an older version, a disk error), and a reader of the old file keeps it open.
     /// Both directories are synced after both changes, so one journal commit
-    /// usually covers the two.
-    pub(super) async fn publish_blob(&self, from: PathBuf, repo: &RepoName, digest: &Digest) -> Result<()> {
+    /// usually covers the two. `held` (the session's lock) is released only after.
+    /// The catalog entry comes first: a crash after it leaves an entry the cleanup
+    /// prunes, a crash before the link is made leaves nothing to list.
+    pub(super) async fn publish_blob(
+        &self,
+        from: PathBuf,
+        repo: &RepoName,
+        digest: &Digest,
+        held: Option<Session>,
+    ) -> Result<()> {
+        self.add_to_catalog(repo).await?;
         let target = self.blob_path(digest);
         let link = self.layer_link(repo, digest);
         blocking(move || {
@@ -43,10 +53,11 @@ impl FsStorage {
                 durable::in_dir(link_dir, || File::create(&link))?;
             }
             durable::sync_dir(blob_dir)?;
-            durable::sync_dir(link_dir)
+            durable::sync_dir(link_dir)?;
+            drop(held);
+            Ok(())
         })
-        .await?;
-        self.add_to_catalog(repo).await
+        .await
     }
 
     /// Hashes the first `len` bytes of a file; for the rare upload finished with
@@ -114,7 +125,7 @@ impl Blobs for FsStorage {
             return Err(Error::DigestMismatch); // dropping `tmp` removes the file
         }
         let (_, path) = tmp.keep().map_err(|e| e.error)?;
-        self.publish_blob(path, repo, digest).await?;
+        self.publish_blob(path, repo, digest, None).await?;
         Ok(written.len)
     }
 }

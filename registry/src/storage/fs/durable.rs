@@ -43,16 +43,16 @@ pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()>
 }
 
 /// Runs `op`, which creates an entry in `dir`, after making sure `dir` exists;
-/// once more if the directory vanished meanwhile (the cleanup removes empty
-/// directories that have not changed for a long time).
+/// again if the directory (or a parent) vanished meanwhile: the cleanup removes
+/// empty directories, and `rmdir` may win the race against our `mkdir` or create.
 pub fn in_dir<T>(dir: &Path, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    ensure_dir(dir)?;
-    match op() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            ensure_dir(dir)?;
-            op()
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match ensure_dir(dir).and_then(|()| op()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 5 => continue,
+            other => return other,
         }
-        other => other,
     }
 }
 

@@ -8,14 +8,14 @@ use std::time::{Duration, SystemTime};
 use super::FsStorage;
 use super::catalog;
 use super::durable::{self, blocking};
-use super::lock::session_in_use;
+use super::lock::try_lock_session;
 use super::uploads::remove_session;
 use crate::names::UploadId;
 use crate::storage::Result;
 
-/// A temporary file untouched this long belongs to a writer that died: every
-/// writer touches its file at least every few seconds while it works.
-const TMP_AGE: Duration = Duration::from_secs(3600);
+/// A temporary file untouched this long belongs to a writer that died. A slow
+/// writer touches its file only once per batch (512 KiB), so this is generous.
+const TMP_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// True when `path` was last modified before `cutoff`.
 fn older(path: &Path, cutoff: SystemTime) -> bool {
@@ -32,9 +32,14 @@ fn purge_sessions(dir: &Path, cutoff: SystemTime) -> std::io::Result<usize> {
             if id.parse::<UploadId>().is_ok() && !dir.join(id).exists() && older(&path, cutoff) {
                 durable::remove_if_exists(&path)?;
             }
-        } else if name.parse::<UploadId>().is_ok() && older(&path, cutoff) && !session_in_use(&path)? {
-            remove_session(&path, &dir.join(format!("{name}.json")))?;
-            purged += 1;
+        } else if name.parse::<UploadId>().is_ok() && older(&path, cutoff) {
+            // Removed while locked, so no request can start writing it meanwhile;
+            // one that was waiting finds it gone.
+            if let Some(session) = try_lock_session(&path)? {
+                remove_session(&path, &dir.join(format!("{name}.json")))?;
+                drop(session);
+                purged += 1;
+            }
         }
     }
     Ok(purged)

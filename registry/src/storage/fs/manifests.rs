@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::FsStorage;
 use super::cache::{FileId, validated};
 use super::durable::{self, blocking};
+use super::lock::RepoGuard;
+use super::read::Mode;
 use crate::digest::Digest;
 use crate::manifest::ReferrerDescriptor;
 use crate::names::RepoName;
@@ -35,13 +37,22 @@ pub(super) fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 /// Reads a small metadata file through `cache`, where an entry counts only while
-/// the file keeps the identity it had when the entry was made.
+/// the file keeps the identity it had when the entry was made. The check is one
+/// `stat`, made on the runtime thread when `inline` (a local filesystem answers it
+/// from memory) and on the blocking pool otherwise (a network filesystem may stall).
 pub(super) async fn read_cached<V: Clone>(
+    inline: bool,
     cache: &Cache<String, (FileId, V)>,
     path: PathBuf,
     parse: impl FnOnce(&Path, Vec<u8>) -> Result<V>,
 ) -> Result<Option<V>> {
-    let Some(id) = FileId::of(&path)? else {
+    let id = if inline {
+        FileId::of(&path)?
+    } else {
+        let path = path.clone();
+        blocking(move || FileId::of(&path)).await?
+    };
+    let Some(id) = id else {
         return Ok(None);
     };
     if let Some(value) = validated(cache, &path, id) {
@@ -69,7 +80,7 @@ fn to_json(value: &impl Serialize) -> Result<Vec<u8>> {
 impl FsStorage {
     async fn revision(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Revision>> {
         let path = self.revision_link(repo, digest);
-        read_cached(&self.caches.revisions, path, |path, bytes| {
+        read_cached(self.reads == Mode::Map, &self.caches.revisions, path, |path, bytes| {
             serde_json::from_slice(&bytes).map_err(|e| corrupt(path, e))
         })
         .await
@@ -91,9 +102,9 @@ impl FsStorage {
                 (digest, present)
             })
             .buffered(CHECKS);
-        let mut missing = Vec::new();
+        let (mut missing, mut reported) = (Vec::new(), std::collections::HashSet::new());
         while let Some((digest, present)) = checks.next().await {
-            if !present? && !missing.contains(&digest) {
+            if !present? && reported.insert(digest.clone()) {
                 missing.push(digest);
             }
         }
@@ -154,8 +165,9 @@ impl Manifests for FsStorage {
         };
         let tags: Vec<PathBuf> = put.tags.iter().map(|t| self.tags_dir(repo).join(t.as_str())).collect();
         self.store_content(&put.digest, put.manifest.bytes.clone()).await?;
+        self.add_to_catalog(repo).await?;
         let (tmp_dir, link, text) = (self.tmp_dir(), self.revision_link(repo, &put.digest), put.digest.to_string());
-        let guard = self.repo_locks.lock(repo, self.tags_lock(repo)).await?;
+        let guard = RepoGuard::lock(self.tags_lock(repo)).await?;
         blocking(move || {
             durable::write_atomic(&tmp_dir, &link, &revision_json)?;
             if let Some((path, json)) = referrer {
@@ -167,8 +179,7 @@ impl Manifests for FsStorage {
             drop(guard);
             Ok(())
         })
-        .await?;
-        self.add_to_catalog(repo).await
+        .await
     }
 
     /// Tags first, so no tag ever points at a manifest that is gone; under the
@@ -181,7 +192,7 @@ impl Manifests for FsStorage {
         let referrer = revision.subject.map(|s| self.referrer_path(repo, &s, digest));
         let link = self.revision_link(repo, digest);
         let wanted = digest.to_string();
-        let guard = self.repo_locks.lock(repo, self.tags_lock(repo)).await?;
+        let guard = RepoGuard::lock(self.tags_lock(repo)).await?;
         blocking(move || {
             for tag in durable::list_dir(&tags_dir)? {
                 let path = tags_dir.join(&tag);

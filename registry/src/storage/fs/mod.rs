@@ -40,7 +40,6 @@ use crate::names::RepoName;
 pub struct FsStorage {
     root: PathBuf,
     caches: cache::Caches,
-    repo_locks: lock::RepoLocks,
     /// How blob content is read: mapped on local filesystems, read on others.
     reads: read::Mode,
 }
@@ -53,8 +52,7 @@ impl FsStorage {
             durable::ensure_dir(&root.join(dir))?;
         }
         let reads = read::Mode::for_filesystem(&root);
-        let storage =
-            FsStorage { root, caches: cache::Caches::default(), repo_locks: lock::RepoLocks::default(), reads };
+        let storage = FsStorage { root, caches: cache::Caches::default(), reads };
         storage.ensure_catalog()?;
         Ok(storage)
     }

@@ -5,7 +5,9 @@ use async_trait::async_trait;
 
 use super::FsStorage;
 use super::durable::{self, blocking};
+use super::lock::RepoGuard;
 use super::manifests::{corrupt, read_cached};
+use super::read::Mode;
 use crate::digest::Digest;
 use crate::names::{RepoName, Tag};
 use crate::storage::{Result, Tags};
@@ -14,7 +16,7 @@ use crate::storage::{Result, Tags};
 impl Tags for FsStorage {
     async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
         let path = self.tags_dir(repo).join(tag.as_str());
-        read_cached(&self.caches.tags, path, |path, bytes| {
+        read_cached(self.reads == Mode::Map, &self.caches.tags, path, |path, bytes| {
             let text = String::from_utf8(bytes).map_err(|e| corrupt(path, e))?;
             text.parse().map_err(|e| corrupt(path, e))
         })
@@ -26,7 +28,7 @@ impl Tags for FsStorage {
         if !tokio::fs::try_exists(&path).await? {
             return Ok(false); // and no lock file is made for an unknown repository
         }
-        let guard = self.repo_locks.lock(repo, self.tags_lock(repo)).await?;
+        let guard = RepoGuard::lock(self.tags_lock(repo)).await?;
         blocking(move || {
             let removed = durable::remove_if_exists(&path);
             drop(guard);

@@ -145,12 +145,19 @@ impl Uploads for FsStorage {
         let paths = self.session(repo, id);
         let session = Session::lock(&paths.data).await?;
         let mut state = self.load_state(&paths).await?;
-        let (offset, hasher, _session) = self.append_locked(session, &paths, &state, chunk, body).await?;
+        let (offset, hasher, session) = self.append_locked(session, &paths, &state, chunk, body).await?;
         state.offset = offset;
         state.hash_state = hasher.save();
         let json = serde_json::to_vec(&state).map_err(|e| Error::Task(e.to_string()))?;
         let tmp_dir = self.tmp_dir();
-        blocking(move || durable::write_atomic(&tmp_dir, &paths.state, &json)).await?;
+        // The lock goes with the step: if the request is dropped meanwhile, no
+        // other request writes the session before the state is recorded.
+        blocking(move || {
+            durable::write_atomic(&tmp_dir, &paths.state, &json)?;
+            drop(session);
+            Ok(())
+        })
+        .await?;
         Ok(offset)
     }
 
@@ -176,22 +183,26 @@ impl Uploads for FsStorage {
             Self::hash_file(paths.data.clone(), size, digest.algorithm()).await?
         };
         if actual != *digest {
-            blocking(move || remove_session(&paths.data, &paths.state)).await?;
+            blocking(move || {
+                remove_session(&paths.data, &paths.state)?;
+                drop(session);
+                Ok(())
+            })
+            .await?;
             return Err(Error::DigestMismatch);
         }
         // Cut off bytes of an earlier failed chunk, so the published file is
         // exactly what was hashed.
-        let file = session.file;
-        let file = blocking(move || {
-            if file.metadata()?.len() != size {
-                file.set_len(size)?;
-                file.sync_all()?;
+        let session = blocking(move || {
+            if session.file.metadata()?.len() != size {
+                session.file.set_len(size)?;
+                session.file.sync_all()?;
             }
-            Ok(file)
+            Ok(session)
         })
         .await?;
-        self.publish_blob(paths.data.clone(), repo, digest).await?;
-        drop(file); // the lock is released only once the session is gone
+        // The lock is released only once the session file has become the blob.
+        self.publish_blob(paths.data.clone(), repo, digest, Some(session)).await?;
         blocking(move || durable::remove_if_exists(&paths.state).map(|_| ())).await?;
         Ok(size)
     }
@@ -213,12 +224,6 @@ impl Uploads for FsStorage {
 }
 
 pub(super) fn remove_session(data: &Path, state: &Path) -> std::io::Result<()> {
-    for path in [state, data] {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    durable::remove_if_exists(state)?;
+    durable::remove_if_exists(data).map(|_| ())
 }

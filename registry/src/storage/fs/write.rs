@@ -37,21 +37,16 @@ struct Sink {
     start: u64,
     kicked: u64,
     previous: Option<(u64, u64)>,
-    /// The last batch's buffer, emptied, for the next batch: a fresh buffer per
-    /// batch would fault its pages in again every time.
-    spare: Vec<u8>,
 }
 
 impl Sink {
-    fn write(mut self, mut batch: Vec<u8>) -> io::Result<Sink> {
+    fn write(mut self, batch: Vec<u8>) -> io::Result<Sink> {
         self.hasher.update(&batch);
         self.file.write_all(&batch)?;
         self.len += batch.len() as u64;
         if self.len - self.kicked >= WRITEBACK_WINDOW {
             self.kick();
         }
-        batch.clear();
-        self.spare = batch;
         Ok(self)
     }
 
@@ -76,7 +71,7 @@ impl Sink {
 /// the data is synced before this returns. A body that fails or goes quiet ends
 /// with [`Error::Body`]; whatever it wrote is not acknowledged.
 pub async fn write_stream(file: File, start: u64, hasher: Hasher, mut body: ByteStream) -> Result<Written> {
-    let mut idle = Some(Sink { file, hasher, len: 0, start, kicked: 0, previous: None, spare: Vec::new() });
+    let mut idle = Some(Sink { file, hasher, len: 0, start, kicked: 0, previous: None });
     let mut busy: Option<tokio::task::JoinHandle<io::Result<Sink>>> = None;
     let mut batch = Vec::new();
     loop {
@@ -97,11 +92,12 @@ pub async fn write_stream(file: File, start: u64, hasher: Hasher, mut body: Byte
         if !done && batch.len() < BATCH {
             continue;
         }
-        let mut sink = match busy.take() {
+        let sink = match busy.take() {
             Some(writing) => writing.await.map_err(|e| Error::Task(e.to_string()))??,
             None => idle.take().ok_or_else(|| Error::Task("writer lost its file".into()))?,
         };
-        let full = std::mem::replace(&mut batch, std::mem::take(&mut sink.spare));
+        // A fresh, empty batch: a body that slows down holds only what it sent.
+        let full = std::mem::take(&mut batch);
         busy = Some(tokio::task::spawn_blocking(move || sink.write(full)));
         if done {
             break;
