@@ -81,13 +81,13 @@ impl Default for UploadsConfig {
 pub struct LimitsConfig {
     /// Open client connections; further ones are closed at once. Each costs a
     /// file descriptor and a few tens of KiB.
-    #[schemars(range(min = 1))]
+    #[schemars(with = "i64", range(min = 1, max = 1_000_000))]
     pub max_connections: u32,
     /// Requests streaming an upload body at once (blob PATCH, PUT and monolithic
     /// POST). Each holds at most about 1.5 MiB of memory while its data flows, and
     /// only the bytes not yet written while it trickles; none holds a thread while
     /// it waits.
-    #[schemars(range(min = 1))]
+    #[schemars(with = "i64", range(min = 1, max = 1_000_000))]
     pub max_uploads: u32,
     /// Total bytes of manifest bodies held in memory while they arrive.
     #[schemars(with = "i64", range(min = 1))]
@@ -128,10 +128,13 @@ impl LimitsConfig {
             ("bodyIdleTimeoutSecs", self.body_idle_timeout_secs),
             ("idleTimeoutSecs", self.idle_timeout_secs),
         ];
-        match positive.iter().find(|(_, v)| *v == 0) {
-            Some((name, _)) => Err(format!("limits.{name} must be positive")),
-            None => Ok(()),
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("limits.{name} must be positive"));
         }
+        if self.max_connections > 1_000_000 || self.max_uploads > 1_000_000 {
+            return Err("limits.maxConnections and limits.maxUploads are at most 1000000".into());
+        }
+        Ok(())
     }
 }
 
@@ -351,6 +354,18 @@ mod tests {
         c.manifests.validation.indexes.platform_list =
             vec![Platform { os: "linux".into(), architecture: "arm64".into(), variant: Some("v8".into()) }];
         assert_eq!(Config::from_yaml(&c.to_yaml()).unwrap(), c);
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        assert!(Config::from_yaml("limits: {maxUploads: 3, idleTimeoutSecs: 5}").is_ok());
+        assert!(Config::from_yaml("limits: {maxUploads: 0}").is_err());
+        assert!(Config::from_yaml("limits: {headerTimeoutSecs: 0}").is_err());
+        assert!(Config::from_yaml("limits: {maxConnections: 1000001}").is_err());
+        assert!(Config::from_yaml("limits: {manifestBufferBytes: 1024}").is_err(), "smaller than maxSize");
+        assert!(
+            Config::from_yaml("limits: {manifestBufferBytes: 1024}\nmanifests: {validation: {maxSize: 1024}}").is_ok()
+        );
     }
 
     #[test]

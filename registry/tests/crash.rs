@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_registry::digest::{Algorithm, Digest};
-use common::{OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, files_below, header};
+use common::{OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, content, files_below, header};
 use reqwest::{Client, StatusCode};
 use serde_json::json;
 
@@ -43,19 +43,6 @@ async fn spawn(root: &std::path::Path) -> Server {
     let _ = server.child.kill();
     let _ = server.child.wait();
     panic!("registry did not start");
-}
-
-/// Cheap deterministic bytes (xorshift), different for every seed.
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[derive(Default)]

@@ -1,6 +1,7 @@
 //! The storage contract (`tests/contract/mod.rs`) on each backend. A backend is one
 //! module here: a function making a fresh, empty storage and `storage_contract!`.
 
+mod common;
 #[macro_use]
 mod contract;
 

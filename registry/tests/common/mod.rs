@@ -199,3 +199,16 @@ pub fn verify_blob_files(root: &Path) -> (usize, Vec<String>) {
     }
     (checked, bad)
 }
+
+/// Cheap deterministic bytes (xorshift), different for every seed.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -91,17 +91,9 @@ fn sha256(bytes: &[u8]) -> Digest {
     Digest::of(Algorithm::Sha256, bytes)
 }
 
-/// Deterministic bytes that differ per `seed` (xorshift).
+/// Deterministic bytes that differ per `seed`.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::common::content(seed, len)
 }
 
 /// A body made of `parts`, one stream item each.
