@@ -73,6 +73,10 @@ async fn leftovers_are_removed_and_live_state_kept() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(catalog(&reg).await, serde_json::json!(["emptied", "kept"]));
 
+    // An entry lost to a race (removed while a push was between its entry and its link).
+    std::fs::remove_file(root.join("repositories/_index/kept")).unwrap();
+    assert_eq!(catalog(&reg).await, serde_json::json!(["emptied"]));
+
     let storage = FsStorage::open(&root).unwrap();
     assert_eq!(storage.purge(WEEK).await.unwrap(), 1);
 

@@ -1,8 +1,9 @@
 //! The catalog: `repositories/_index/` holds one empty file per repository (its
 //! name with `/` written as `+`, a character names cannot contain), so listing the
 //! repositories reads one directory instead of walking the whole tree. An entry is
-//! made when a repository gains its first blob link or manifest and removed by the
-//! periodic cleanup once the repository holds neither.
+//! made before a repository gains its first blob link or manifest; the periodic
+//! cleanup walks the tree once and makes the index agree with it, removing the
+//! entries of repositories that hold neither.
 
 use std::path::{Path, PathBuf};
 
@@ -80,22 +81,23 @@ impl FsStorage {
     }
 }
 
-/// Drops the catalog entries of repositories that hold nothing any more.
-pub(super) fn prune(repos_dir: &Path) -> std::io::Result<usize> {
+/// Makes the catalog agree with the tree: adds the entries of repositories that
+/// hold content without one (a cleanup that removed an entry while a push was
+/// between its entry and its link, a replica of an older version), and drops
+/// those of repositories that hold nothing any more.
+pub(super) fn reconcile(repos_dir: &Path) -> std::io::Result<()> {
     let index = repos_dir.join("_index");
-    let mut removed = 0;
+    for repo in walk(repos_dir, |dir, _| has_content(dir))? {
+        durable::touch(&index.join(entry_name(&repo)))?;
+    }
     for entry in durable::list_dir(&index)? {
         let dir = repos_dir.join(entry.replace('+', "/"));
-        if !has_content(&dir) && durable::remove_if_exists(&index.join(&entry))? {
-            // A push may have landed between the check and the removal.
-            if has_content(&dir) {
-                durable::touch(&index.join(&entry))?;
-            } else {
-                removed += 1;
-            }
+        if !has_content(&dir) && durable::remove_if_exists(&index.join(&entry))? && has_content(&dir) {
+            // A push landed between the check and the removal.
+            durable::touch(&index.join(&entry))?;
         }
     }
-    Ok(removed)
+    Ok(())
 }
 
 #[async_trait]
