@@ -21,9 +21,12 @@ impl FsStorage {
     }
 
     async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        self.add_to_catalog(repo).await?;
-        let link = self.layer_link(repo, digest);
-        blocking(move || durable::touch(&link)).await
+        let (entry, link) = (self.catalog_entry(repo), self.layer_link(repo, digest));
+        blocking(move || {
+            durable::touch(&entry)?;
+            durable::touch(&link)
+        })
+        .await
     }
 
     /// Publishes a complete, synced file whose content hashes to `digest` as that
@@ -41,10 +44,11 @@ impl FsStorage {
         digest: &Digest,
         held: Option<Session>,
     ) -> Result<()> {
-        self.add_to_catalog(repo).await?;
+        let entry = self.catalog_entry(repo);
         let target = self.blob_path(digest);
         let link = self.layer_link(repo, digest);
         blocking(move || {
+            durable::touch(&entry)?;
             let (Some(blob_dir), Some(link_dir)) = (target.parent(), link.parent()) else {
                 return Err(io::Error::other("blob paths have parents"));
             };

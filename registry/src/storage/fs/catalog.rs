@@ -75,9 +75,11 @@ impl FsStorage {
         }
     }
 
-    pub(super) async fn add_to_catalog(&self, repo: &RepoName) -> Result<()> {
-        let entry = self.index_dir().join(entry_name(repo.as_str()));
-        blocking(move || durable::touch(&entry)).await
+    /// The catalog entry of `repo`, which the first step of every write that can
+    /// give a repository content touches (`durable::touch`), inside its own
+    /// blocking call rather than in one more.
+    pub(super) fn catalog_entry(&self, repo: &RepoName) -> PathBuf {
+        self.index_dir().join(entry_name(repo.as_str()))
     }
 }
 

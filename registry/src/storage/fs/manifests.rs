@@ -111,10 +111,12 @@ impl FsStorage {
         Ok(missing)
     }
 
-    /// Stores manifest content under its digest unless the same bytes are there.
-    async fn store_content(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
+    /// Stores manifest content under its digest unless the same bytes are there,
+    /// after the repository's catalog `entry`.
+    async fn store_content(&self, digest: &Digest, bytes: Bytes, entry: PathBuf) -> Result<()> {
         let (tmp_dir, path) = (self.tmp_dir(), self.blob_path(digest));
         blocking(move || {
+            durable::touch(&entry)?;
             if durable::read_optional(&path)?.is_some_and(|stored| stored == bytes) {
                 return Ok(());
             }
@@ -164,8 +166,7 @@ impl Manifests for FsStorage {
             None => None,
         };
         let tags: Vec<PathBuf> = put.tags.iter().map(|t| self.tags_dir(repo).join(t.as_str())).collect();
-        self.store_content(&put.digest, put.manifest.bytes.clone()).await?;
-        self.add_to_catalog(repo).await?;
+        self.store_content(&put.digest, put.manifest.bytes.clone(), self.catalog_entry(repo)).await?;
         let (tmp_dir, link, text) = (self.tmp_dir(), self.revision_link(repo, &put.digest), put.digest.to_string());
         let guard = RepoGuard::lock(self.tags_lock(repo)).await?;
         blocking(move || {
