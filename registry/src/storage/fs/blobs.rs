@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 
 use super::FsStorage;
+use super::catalog;
 use super::durable::{self, blocking};
 use super::lock::Session;
 use super::{read, write};
@@ -23,7 +24,7 @@ impl FsStorage {
     async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let (entry, link) = (self.catalog_entry(repo), self.layer_link(repo, digest));
         blocking(move || {
-            durable::touch(&entry)?;
+            catalog::mark(&entry)?;
             durable::touch(&link)
         })
         .await
@@ -48,7 +49,7 @@ impl FsStorage {
         let target = self.blob_path(digest);
         let link = self.layer_link(repo, digest);
         blocking(move || {
-            durable::touch(&entry)?;
+            catalog::mark(&entry)?;
             let (Some(blob_dir), Some(link_dir)) = (target.parent(), link.parent()) else {
                 return Err(io::Error::other("blob paths have parents"));
             };

@@ -6,6 +6,7 @@
 //! entries of repositories that hold neither.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
@@ -76,27 +77,43 @@ impl FsStorage {
     }
 
     /// The catalog entry of `repo`, which the first step of every write that can
-    /// give a repository content touches (`durable::touch`), inside its own
-    /// blocking call rather than in one more.
+    /// give a repository content marks ([`mark`]), inside its own blocking call
+    /// rather than in one more.
     pub(super) fn catalog_entry(&self, repo: &RepoName) -> PathBuf {
         self.index_dir().join(entry_name(repo.as_str()))
     }
 }
 
+/// Creates a catalog entry, or sets its time to now: a write is about to give the
+/// repository content, so the cleanup must not drop the entry meanwhile.
+pub(super) fn mark(entry: &Path) -> std::io::Result<()> {
+    let Ok(path) = std::ffi::CString::new(entry.as_os_str().as_encoded_bytes()) else {
+        return Err(std::io::Error::other("a catalog entry path holds a NUL byte"));
+    };
+    // SAFETY: the path is NUL-terminated; a null `times` means "now".
+    if unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), std::ptr::null(), 0) } == 0 {
+        return Ok(());
+    }
+    durable::touch(entry)
+}
+
+/// An entry marked this recently may belong to a write still on its way.
+const MARK_GRACE: Duration = Duration::from_secs(600);
+
 /// Makes the catalog agree with the tree: adds the entries of repositories that
-/// hold content without one (a cleanup that removed an entry while a push was
-/// between its entry and its link, a replica of an older version), and drops
-/// those of repositories that hold nothing any more.
-pub(super) fn reconcile(repos_dir: &Path) -> std::io::Result<()> {
+/// hold content without one, and drops those of repositories that hold nothing
+/// and that no write has marked for `grace` (at most ten minutes).
+pub(super) fn reconcile(repos_dir: &Path, grace: Duration) -> std::io::Result<()> {
     let index = repos_dir.join("_index");
     for repo in walk(repos_dir, |dir, _| has_content(dir))? {
         durable::touch(&index.join(entry_name(&repo)))?;
     }
+    let cutoff = SystemTime::now().checked_sub(grace.min(MARK_GRACE)).unwrap_or(SystemTime::UNIX_EPOCH);
     for entry in durable::list_dir(&index)? {
-        let dir = repos_dir.join(entry.replace('+', "/"));
-        if !has_content(&dir) && durable::remove_if_exists(&index.join(&entry))? && has_content(&dir) {
-            // A push landed between the check and the removal.
-            durable::touch(&index.join(&entry))?;
+        let path = index.join(&entry);
+        let old = std::fs::metadata(&path).and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
+        if old && !has_content(&repos_dir.join(entry.replace('+', "/"))) {
+            durable::remove_if_exists(&path)?;
         }
     }
     Ok(())

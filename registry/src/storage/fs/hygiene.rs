@@ -83,7 +83,7 @@ impl FsStorage {
             for entry in durable::list_dir(&repos)?.into_iter().filter(|e| !e.starts_with('_')) {
                 remove_empty_dirs(&repos.join(entry))?;
             }
-            catalog::reconcile(&repos)?;
+            catalog::reconcile(&repos, age)?;
             Ok(purged)
         })
         .await

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::FsStorage;
 use super::cache::{FileId, validated};
+use super::catalog;
 use super::durable::{self, blocking};
 use super::lock::RepoGuard;
 use super::read::Mode;
@@ -116,7 +117,7 @@ impl FsStorage {
     async fn store_content(&self, digest: &Digest, bytes: Bytes, entry: PathBuf) -> Result<()> {
         let (tmp_dir, path) = (self.tmp_dir(), self.blob_path(digest));
         blocking(move || {
-            durable::touch(&entry)?;
+            catalog::mark(&entry)?;
             if durable::read_optional(&path)?.is_some_and(|stored| stored == bytes) {
                 return Ok(());
             }
