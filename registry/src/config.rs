@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod auth;
+pub use auth::{AccessRule, Action, Anonymous, AuthConfig, HtpasswdConfig, KubernetesAuthConfig, TlsConfig};
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Config {
@@ -20,6 +23,11 @@ pub struct Config {
     pub uploads: UploadsConfig,
     pub manifests: ManifestsConfig,
     pub limits: LimitsConfig,
+    /// Who may pull, push and delete.
+    pub auth: AuthConfig,
+    /// Serve HTTPS instead of plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
     pub log: LogConfig,
 }
 
@@ -33,6 +41,8 @@ impl Default for Config {
             uploads: UploadsConfig::default(),
             manifests: ManifestsConfig::default(),
             limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+            tls: None,
             log: LogConfig::default(),
         }
     }
@@ -327,6 +337,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.manifests.validate().map_err(ConfigError::Invalid)?;
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.auth.validate().map_err(ConfigError::Invalid)?;
         if self.limits.manifest_buffer_bytes < self.manifests.validation.max_size {
             return Err(ConfigError::Invalid(
                 "limits.manifestBufferBytes must hold at least one manifest of manifests.validation.maxSize".into(),

@@ -6,3 +6,9 @@ use axum::response::IntoResponse;
 pub async fn get() -> impl IntoResponse {
     Json(serde_json::json!({}))
 }
+
+/// `GET /healthz`: for probes, which must not need credentials (`/v2/` answers
+/// 401 to anonymous clients once authentication is on).
+pub async fn health() -> &'static str {
+    "ok\n"
+}

@@ -69,6 +69,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v2", get(base::get))
         .route("/v2/", get(base::get))
         .route("/v2/{*rest}", any(dispatch))
+        .route("/healthz", get(base::health))
         .fallback(|| async { Error::NotFound })
         .layer(axum::middleware::map_response(api_version_header))
         .layer(TraceLayer::new_for_http())
