@@ -380,6 +380,21 @@ mod tests {
     }
 
     #[test]
+    fn auth_is_checked() {
+        assert!(Config::from_yaml("auth: {anonymous: none}").is_err(), "nobody could log in");
+        assert!(Config::from_yaml("auth: {anonymous: none, htpasswd: {path: /x}}").is_ok());
+        assert!(Config::from_yaml("auth: {anonymous: pull}").is_ok(), "a public read-only registry");
+        assert!(Config::from_yaml("auth: {cacheSecs: 301}").is_err());
+        assert!(Config::from_yaml("auth: {realm: 'a\"b'}").is_err());
+        assert!(Config::from_yaml("auth: {kubernetes: {audience: ''}}").is_err());
+        assert!(
+            Config::from_yaml("auth: {htpasswd: {access: [{users: [a], repositories: [], actions: [pull]}]}}").is_err()
+        );
+        let open = Config::default();
+        assert!(open.auth.is_open() && !open.auth.has_authenticators(), "standalone stays open by default");
+    }
+
+    #[test]
     fn refuses_unknown_fields_and_bad_patterns() {
         assert!(Config::from_yaml("listn: x").is_err());
         assert!(Config::from_yaml("manifests: {validation: {urls: {allow: ['(']}}}").is_err());

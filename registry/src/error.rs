@@ -55,6 +55,15 @@ pub enum Error {
     BadRequest(String),
     #[error("no such endpoint")]
     NotFound,
+    /// Credentials are missing or wrong; the client is told how to log in.
+    #[error("{message}")]
+    Unauthorized { realm: String, message: String },
+    /// The client is known but may not do this.
+    #[error("{0}")]
+    Denied(String),
+    /// A service the registry depends on (the Kubernetes API server) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -62,6 +71,19 @@ pub enum Error {
 impl Error {
     pub fn manifest_unknown() -> Self {
         Error::ManifestUnknown("manifest unknown to registry".into())
+    }
+}
+
+impl Error {
+    /// An access check's refusal; `realm` goes into the challenge of a 401.
+    pub fn from_auth(e: crate::auth::AuthError, realm: &str) -> Self {
+        use crate::auth::AuthError as A;
+        match e {
+            A::Unauthenticated(message) => Error::Unauthorized { realm: realm.to_owned(), message },
+            A::Denied(message) => Error::Denied(message),
+            A::Unavailable(message) => Error::Unavailable(message),
+            e @ A::Busy => Error::TooManyRequests(e.to_string()),
+        }
     }
 }
 

@@ -9,6 +9,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod api;
 #[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
 pub mod digest;
 #[cfg(feature = "server")]
 pub mod error;

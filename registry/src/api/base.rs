@@ -1,10 +1,26 @@
-//! `GET /v2/`: the API version check clients make first.
+//! `GET /v2/`: the API version check clients make first. Once a way to log in
+//! is configured it also answers "who are you": 401 with the challenge without
+//! credentials (even when anonymous pulls are allowed, because clients such as
+//! crane and podman only send credentials after a 401 here), 401 for wrong
+//! credentials, 200 for good ones.
+
+use std::sync::Arc;
 
 use axum::Json;
-use axum::response::IntoResponse;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 
-pub async fn get() -> impl IntoResponse {
-    Json(serde_json::json!({}))
+use super::{App, access};
+use crate::auth::Scope;
+
+pub async fn get(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if app.config.auth.has_authenticators()
+        && let Err(e) = access::check(&app, &headers, &Scope::Base).await
+    {
+        return e.into_response();
+    }
+    Json(serde_json::json!({})).into_response()
 }
 
 /// `GET /healthz`: for probes, which must not need credentials (`/v2/` answers

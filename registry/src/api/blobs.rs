@@ -5,6 +5,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{App, Req, header_value, parse_digest, ranges};
+use crate::auth::{self, AuditEvent};
 use crate::error::{Error, Result};
 use crate::names::RepoName;
 
@@ -34,11 +35,12 @@ pub async fn get(app: &App, repo: &RepoName, digest: &str, req: Req, head: bool)
     Ok(response)
 }
 
-pub async fn delete(app: &App, repo: &RepoName, digest: &str) -> Result<Response> {
+pub async fn delete(app: &App, repo: &RepoName, digest: &str, req: Req) -> Result<Response> {
     app.check_deletable()?;
     let digest = parse_digest(digest)?;
     if !app.storage.blob_delete(repo, &digest).await? {
         return Err(Error::BlobUnknown);
     }
+    auth::record(AuditEvent::DeleteBlob, &req.identity, repo, None, Some(&digest));
     Ok(StatusCode::ACCEPTED.into_response())
 }

@@ -29,6 +29,9 @@ pub fn code_and_status(e: &Error) -> (&'static str, StatusCode) {
         Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
         BadRequest(_) => ("UNSUPPORTED", StatusCode::BAD_REQUEST),
         NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND),
+        Unauthorized { .. } => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
+        Denied(_) => ("DENIED", StatusCode::FORBIDDEN),
+        Unavailable(_) => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
         Internal(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
     }
 }
@@ -72,6 +75,8 @@ fn headers(e: &Error) -> Vec<(header::HeaderName, String)> {
         }
         Error::BlobRangeInvalid { size } => vec![(header::CONTENT_RANGE, format!("bytes */{size}"))],
         Error::TooManyRequests(_) | Error::UploadBusy => vec![(header::RETRY_AFTER, "1".into())],
+        Error::Unavailable(_) => vec![(header::RETRY_AFTER, "5".into())],
+        Error::Unauthorized { realm, .. } => vec![(header::WWW_AUTHENTICATE, format!("Basic realm=\"{realm}\""))],
         _ => Vec::new(),
     }
 }

@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 
 use super::limits::ManifestBudget;
 use super::{App, Req, header_value};
+use crate::auth::{self, AuditEvent, Identity};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::negotiate::{self, Accepts, Outcome};
@@ -120,9 +121,11 @@ pub async fn put(app: &App, repo: &RepoName, reference: &str, req: Req) -> Resul
     }
     let tags: Vec<Tag> = req.params("tag").map(str::parse).collect::<Result<_>>()?;
     let content_type = req.header(header::CONTENT_TYPE).map(str::to_owned);
+    let who = req.identity.clone();
     let (bytes, _budget) = read_limited(app, req).await?;
     let manifest = Push { reference: &reference, tags, content_type: content_type.as_deref(), bytes };
     let pushed = push::push(app.storage.as_ref(), &app.policy, repo, manifest).await?;
+    audit_push(&who, repo, &reference, &pushed);
 
     let mut response = StatusCode::CREATED.into_response();
     let h = response.headers_mut();
@@ -140,14 +143,32 @@ pub async fn put(app: &App, repo: &RepoName, reference: &str, req: Req) -> Resul
     Ok(response)
 }
 
-pub async fn delete(app: &App, repo: &RepoName, reference: &str) -> Result<Response> {
+/// One audit line for the manifest and one per tag it was given.
+fn audit_push(who: &Identity, repo: &RepoName, reference: &Reference, pushed: &push::Pushed) {
+    auth::record(AuditEvent::Push, who, repo, None, Some(&pushed.digest));
+    for tag in &pushed.tags {
+        auth::record(AuditEvent::Tag, who, repo, Some(tag.as_str()), Some(&pushed.digest));
+    }
+    if let Reference::Tag(tag) = reference
+        && !pushed.tags.contains(tag)
+    {
+        auth::record(AuditEvent::Tag, who, repo, Some(tag.as_str()), Some(&pushed.digest));
+    }
+}
+
+pub async fn delete(app: &App, repo: &RepoName, reference: &str, req: Req) -> Result<Response> {
     app.check_deletable()?;
-    let deleted = match reference.parse()? {
-        Reference::Tag(tag) => app.storage.tag_delete(repo, &tag).await?,
-        Reference::Digest(digest) => app.storage.manifest_delete(repo, &digest).await?,
+    let reference: Reference = reference.parse()?;
+    let deleted = match &reference {
+        Reference::Tag(tag) => app.storage.tag_delete(repo, tag).await?,
+        Reference::Digest(digest) => app.storage.manifest_delete(repo, digest).await?,
     };
     if !deleted {
         return Err(Error::manifest_unknown());
+    }
+    match &reference {
+        Reference::Tag(tag) => auth::record(AuditEvent::DeleteTag, &req.identity, repo, Some(tag.as_str()), None),
+        Reference::Digest(d) => auth::record(AuditEvent::DeleteManifest, &req.identity, repo, None, Some(d)),
     }
     Ok(StatusCode::ACCEPTED.into_response())
 }

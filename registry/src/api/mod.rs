@@ -2,6 +2,7 @@
 //! the middle of a path (repository names contain `/`), so `/v2/{*rest}` is parsed
 //! here into an [`Endpoint`] and dispatched to one module per API resource.
 
+mod access;
 mod base;
 mod blobs;
 mod catalog;
@@ -26,6 +27,7 @@ use futures_util::TryStreamExt;
 use percent_encoding::percent_decode_str;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::{Auth, Identity};
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -38,6 +40,7 @@ pub struct App {
     pub config: Config,
     pub policy: Policy,
     pub storage: Arc<dyn Storage>,
+    pub auth: Arc<Auth>,
     limits: limits::Limits,
 }
 
@@ -45,7 +48,8 @@ impl App {
     pub fn new(config: Config, storage: Arc<dyn Storage>) -> Result<Arc<Self>, String> {
         let policy = Policy::new(&config.manifests)?;
         let limits = limits::Limits::new(&config.limits);
-        Ok(Arc::new(App { config, policy, storage, limits }))
+        let auth = Auth::new(&config.auth).map_err(|e| e.to_string())?;
+        Ok(Arc::new(App { config, policy, storage, auth, limits }))
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -132,6 +136,8 @@ pub struct Req {
     pub headers: HeaderMap,
     pub query: Vec<(String, String)>,
     pub body: Body,
+    /// Who sent the request (checked before the handler runs).
+    pub identity: Identity,
 }
 
 impl Req {
@@ -170,23 +176,26 @@ async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
     let rest = parts.uri.path().strip_prefix("/v2/").unwrap_or_default().to_owned();
     let query =
         parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
-    let req = Req { method: parts.method, headers: parts.headers, query, body };
+    let req = Req { method: parts.method, headers: parts.headers, query, body, identity: Identity::Anonymous };
     route(&app, &rest, req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn route(app: &App, rest: &str, req: Req) -> Result<Response> {
+async fn route(app: &App, rest: &str, mut req: Req) -> Result<Response> {
     let endpoint = parse_path(rest)?;
     let method = req.method.clone();
+    if let Some(scope) = access::scope(&endpoint, &method) {
+        req.identity = access::check(app, &req.headers, &scope).await?;
+    }
     match (endpoint, method) {
         (Endpoint::Catalog, Method::GET) => catalog::list(app, req).await,
         (Endpoint::Tags(repo), Method::GET) => tags::list(app, &repo, req).await,
         (Endpoint::Manifest(repo, r), Method::GET) => manifests::get(app, &repo, &r, req, false).await,
         (Endpoint::Manifest(repo, r), Method::HEAD) => manifests::get(app, &repo, &r, req, true).await,
         (Endpoint::Manifest(repo, r), Method::PUT) => manifests::put(app, &repo, &r, req).await,
-        (Endpoint::Manifest(repo, r), Method::DELETE) => manifests::delete(app, &repo, &r).await,
+        (Endpoint::Manifest(repo, r), Method::DELETE) => manifests::delete(app, &repo, &r, req).await,
         (Endpoint::Blob(repo, d), Method::GET) => blobs::get(app, &repo, &d, req, false).await,
         (Endpoint::Blob(repo, d), Method::HEAD) => blobs::get(app, &repo, &d, req, true).await,
-        (Endpoint::Blob(repo, d), Method::DELETE) => blobs::delete(app, &repo, &d).await,
+        (Endpoint::Blob(repo, d), Method::DELETE) => blobs::delete(app, &repo, &d, req).await,
         (Endpoint::UploadStart(repo), Method::POST) => uploads::start(app, &repo, req).await,
         (Endpoint::Upload(repo, id), Method::GET) => uploads::status(app, &repo, id).await,
         (Endpoint::Upload(repo, id), Method::PATCH) => uploads::patch(app, &repo, id, req).await,

@@ -5,6 +5,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{App, Req, header_value, parse_digest, ranges, upload_location, upload_range};
+use crate::auth::Scope;
+use crate::config::Action;
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::names::{RepoName, UploadId};
@@ -37,10 +39,17 @@ pub async fn start(app: &App, repo: &RepoName, req: Req) -> Result<Response> {
     if let Some(mount) = req.param("mount") {
         let digest = parse_digest(mount)?;
         let from = req.param("from").map(str::parse::<RepoName>).transpose()?;
+        // A mount reads the source: only from a repository the client may pull,
+        // and, without `from`, only where no access is checked at all (the blob
+        // could come from any repository).
         let mounted = match &from {
-            Some(from) => app.storage.blob_mount(repo, &digest, Some(from)).await?,
-            None if app.config.uploads.anonymous_mount => app.storage.blob_mount(repo, &digest, None).await?,
-            None => false,
+            Some(from) if app.auth.may(&req.identity, &Scope::Repository(from.clone(), Action::Pull)).await => {
+                app.storage.blob_mount(repo, &digest, Some(from)).await?
+            }
+            None if app.config.uploads.anonymous_mount && app.auth.is_off() => {
+                app.storage.blob_mount(repo, &digest, None).await?
+            }
+            _ => false,
         };
         if mounted {
             return Ok(created(repo, &digest));

@@ -57,6 +57,9 @@ impl AuthConfig {
         if self.realm.is_empty() || self.realm.contains(['"', '\\']) || self.realm.chars().any(char::is_control) {
             return Err("auth.realm must be non-empty, without quotes, backslashes or control characters".into());
         }
+        if self.anonymous == Anonymous::None && !self.has_authenticators() {
+            return Err("auth.anonymous: none needs htpasswd or kubernetes, or nobody could use the registry".into());
+        }
         if let Some(k) = &self.kubernetes
             && k.audience.is_empty()
         {

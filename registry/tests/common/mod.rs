@@ -63,6 +63,21 @@ impl Registry {
         Registry { base, client: Client::new(), root: self.root.clone(), _dir: None, stop: None }
     }
 
+    /// Another handle on the same server whose requests carry `authorization`.
+    pub fn authorized(&self, authorization: &str) -> Registry {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, authorization.parse().unwrap());
+        let client = Client::builder().default_headers(headers).build().unwrap();
+        Registry { base: self.base.clone(), client, root: self.root.clone(), _dir: None, stop: None }
+    }
+
+    /// A handle that logs in with Basic credentials.
+    pub fn as_user(&self, user: &str, password: &str) -> Registry {
+        use base64::Engine;
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.authorized(&format!("Basic {pair}"))
+    }
+
     pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
         let url = if path.starts_with("http") { path.to_owned() } else { format!("{}{path}", self.base) };
         self.client.request(method, url)

@@ -1,0 +1,164 @@
+//! Access control with htpasswd users: the challenge, 401 and 403 with the
+//! spec's codes, anonymous pulls, access rules, reloading the file, mounts and
+//! the audit trail.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use berth_registry::config::{AccessRule, Action, Anonymous, HtpasswdConfig};
+use common::*;
+use reqwest::{Method, StatusCode};
+
+fn htpasswd(path: &Path, users: &[(&str, &str)]) {
+    let lines: Vec<String> = users.iter().map(|(u, p)| format!("{u}:{}", bcrypt::hash(p, 4).unwrap())).collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, lines.join("\n")).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+fn rule(users: &[&str], repositories: &[&str], actions: &[Action]) -> AccessRule {
+    AccessRule {
+        users: users.iter().map(|s| s.to_string()).collect(),
+        repositories: repositories.iter().map(|s| s.to_string()).collect(),
+        actions: actions.to_vec(),
+    }
+}
+
+/// A registry with alice (push and pull on team-a/*), bob (pull everywhere) and
+/// admin (everything), and the given anonymous policy.
+async fn registry(anonymous: Anonymous) -> (Registry, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("htpasswd");
+    htpasswd(&file, &[("alice", "wonderland"), ("bob", "builder"), ("admin", "root")]);
+    let access = vec![
+        rule(&["alice"], &["team-a/*"], &[Action::Pull, Action::Push]),
+        rule(&["bob"], &["*"], &[Action::Pull]),
+        rule(&["admin"], &["*"], &[Action::Pull, Action::Push, Action::Delete]),
+    ];
+    let r = Registry::with(|c| {
+        c.auth.anonymous = anonymous;
+        c.auth.realm = "test-realm".into();
+        c.auth.htpasswd = Some(HtpasswdConfig { path: file, access });
+    })
+    .await;
+    (r, dir)
+}
+
+async fn manifest(r: &Registry, path: &str) -> reqwest::Response {
+    r.req(Method::GET, path).header("accept", OCI_MANIFEST).send().await.unwrap()
+}
+
+async fn assert_challenge(response: reqwest::Response) {
+    assert_eq!(header(&response, "www-authenticate"), r#"Basic realm="test-realm""#);
+    assert_error(response, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+}
+
+#[tokio::test]
+async fn the_base_endpoint_challenges_until_credentials_are_right() {
+    for anonymous in [Anonymous::None, Anonymous::Pull] {
+        let (r, _dir) = registry(anonymous).await;
+        // Even with anonymous pulls on: clients only send credentials after a 401 here.
+        assert_challenge(r.get("/v2/").await).await;
+        assert_challenge(r.as_user("alice", "wrong").get("/v2/").await).await;
+        assert_challenge(r.as_user("nobody", "x").get("/v2/").await).await;
+        assert_challenge(r.authorized("Bearer some.jwt.token").get("/v2/").await).await;
+        assert_challenge(r.authorized("Digest whatever").get("/v2/").await).await;
+        assert_eq!(r.as_user("alice", "wonderland").get("/v2/").await.status(), StatusCode::OK);
+        // Probes need no credentials.
+        assert_eq!(r.get("/healthz").await.status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn strangers_learn_nothing_and_users_get_what_their_rules_grant() {
+    let (r, _dir) = registry(Anonymous::None).await;
+    let alice = r.as_user("alice", "wonderland");
+    let bob = r.as_user("bob", "builder");
+    let (digest, _) = alice.push_image("team-a/app", "v1", b"layer").await;
+
+    // Existing or not, an anonymous client gets the same 401.
+    assert_challenge(r.get("/v2/team-a/app/manifests/v1").await).await;
+    assert_challenge(r.get("/v2/team-a/nothing/manifests/v1").await).await;
+    assert_challenge(r.get("/v2/_catalog").await).await;
+    assert_challenge(r.req(Method::POST, "/v2/team-a/app/blobs/uploads/").send().await.unwrap()).await;
+
+    // alice pushes to team-a only; bob pulls everywhere, pushes nowhere.
+    let denied = alice.req(Method::POST, "/v2/team-b/app/blobs/uploads/").send().await.unwrap();
+    let message = assert_error(denied, StatusCode::FORBIDDEN, "DENIED").await;
+    assert!(message.contains("alice") && message.contains("team-b/app"), "{message}");
+    assert_eq!(manifest(&bob, "/v2/team-a/app/manifests/v1").await.status(), StatusCode::OK);
+    assert_eq!(manifest(&bob, &format!("/v2/team-a/app/manifests/{digest}")).await.status(), StatusCode::OK);
+    let push = bob.req(Method::POST, "/v2/team-a/app/blobs/uploads/").send().await.unwrap();
+    assert_error(push, StatusCode::FORBIDDEN, "DENIED").await;
+    // Nobody but admin deletes, and only admin lists the catalog.
+    let delete = alice.req(Method::DELETE, "/v2/team-a/app/manifests/v1").send().await.unwrap();
+    assert_error(delete, StatusCode::FORBIDDEN, "DENIED").await;
+    assert_error(alice.get("/v2/_catalog").await, StatusCode::FORBIDDEN, "DENIED").await;
+    let admin = r.as_user("admin", "root");
+    assert_eq!(admin.get("/v2/_catalog").await.status(), StatusCode::OK);
+    let delete = admin.req(Method::DELETE, "/v2/team-a/app/manifests/v1").send().await.unwrap();
+    assert_eq!(delete.status(), StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn anonymous_pull_lets_strangers_read_but_not_write() {
+    let (r, _dir) = registry(Anonymous::Pull).await;
+    r.as_user("alice", "wonderland").push_image("team-a/app", "v1", b"layer").await;
+    assert_eq!(manifest(&r, "/v2/team-a/app/manifests/v1").await.status(), StatusCode::OK);
+    assert_eq!(r.get("/v2/team-a/app/tags/list").await.status(), StatusCode::OK);
+    assert_challenge(r.get("/v2/_catalog").await).await;
+    assert_challenge(r.req(Method::POST, "/v2/team-a/app/blobs/uploads/").send().await.unwrap()).await;
+    assert_challenge(r.req(Method::DELETE, "/v2/team-a/app/manifests/v1").send().await.unwrap()).await;
+    // Wrong credentials are refused even where anonymous access would do.
+    assert_challenge(r.as_user("alice", "nope").get("/v2/team-a/app/manifests/v1").await).await;
+}
+
+#[tokio::test]
+async fn a_changed_htpasswd_file_takes_effect_without_a_restart() {
+    let (r, dir) = registry(Anonymous::None).await;
+    let alice = r.as_user("alice", "wonderland");
+    assert_eq!(alice.get("/v2/").await.status(), StatusCode::OK);
+    htpasswd(&dir.path().join("htpasswd"), &[("alice", "new-password"), ("carol", "c")]);
+    let changed = async {
+        while alice.get("/v2/").await.status() == StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(6), changed).await.expect("the old password kept working");
+    assert_eq!(r.as_user("alice", "new-password").get("/v2/").await.status(), StatusCode::OK);
+    assert_eq!(r.as_user("carol", "c").get("/v2/").await.status(), StatusCode::OK);
+    // A broken file keeps the users that were there.
+    std::fs::write(dir.path().join("htpasswd"), "not an htpasswd file").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(r.as_user("carol", "c").get("/v2/").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_mount_never_reads_a_repository_the_client_may_not_pull() {
+    let (r, _dir) = registry(Anonymous::None).await;
+    let admin = r.as_user("admin", "root");
+    let secret = admin.push_blob("secret/app", b"confidential layer").await;
+    let alice = r.as_user("alice", "wonderland");
+    for query in [format!("mount={secret}&from=secret/app"), format!("mount={secret}")] {
+        let mount = alice.req(Method::POST, &format!("/v2/team-a/app/blobs/uploads/?{query}")).send().await.unwrap();
+        assert_eq!(mount.status(), StatusCode::ACCEPTED, "{query}: a session, not a mount");
+        let read = alice.get(&format!("/v2/team-a/app/blobs/{secret}")).await;
+        assert_eq!(read.status(), StatusCode::NOT_FOUND, "{query}");
+    }
+    // From a repository alice may pull, the mount works.
+    let own = admin.push_blob("team-a/base", b"shared layer").await;
+    let mount = alice.req(Method::POST, &format!("/v2/team-a/app/blobs/uploads/?mount={own}&from=team-a/base"));
+    assert_eq!(mount.send().await.unwrap().status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn an_open_registry_ignores_credentials() {
+    let r = Registry::start().await;
+    assert_eq!(r.authorized("Garbage").get("/v2/").await.status(), StatusCode::OK);
+    let anyone = r.as_user("x", "y");
+    anyone.push_image("anything", "v1", b"layer").await;
+    let delete = anyone.req(Method::DELETE, "/v2/anything/manifests/v1").send().await.unwrap();
+    assert_eq!(delete.status(), StatusCode::ACCEPTED);
+}
