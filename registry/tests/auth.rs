@@ -162,3 +162,83 @@ async fn an_open_registry_ignores_credentials() {
     let delete = anyone.req(Method::DELETE, "/v2/anything/manifests/v1").send().await.unwrap();
     assert_eq!(delete.status(), StatusCode::ACCEPTED);
 }
+
+/// The audit trail of a `berth-registry` process: one JSON line per push, tag
+/// and delete, naming who, the repository, the reference and the digest.
+#[tokio::test]
+async fn pushes_tags_and_deletes_leave_one_audit_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    htpasswd(&dir.path().join("htpasswd"), &[("alice", "wonderland")]);
+    let config = dir.path().join("config.yaml");
+    let yaml = format!("auth: {{anonymous: pull, htpasswd: {{path: {}}}}}\n", dir.path().join("htpasswd").display());
+    std::fs::write(&config, yaml).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = dir.path().join("log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth-registry"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--log-format", "json", "--config"])
+        .arg(&config)
+        .arg("--root")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "audit=info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let open = Registry::on_root(dir.path(), |_| {}).await; // only for its helpers
+    let r = open.via(format!("http://127.0.0.1:{port}")).as_user("alice", "wonderland");
+    for _ in 0..100 {
+        if r.client.get(format!("{}/healthz", r.base)).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (digest, manifest) = r.push_image("team/app", "v1", b"layer").await;
+    let retag = r.put_manifest("team/app", "v2", OCI_MANIFEST, &manifest).await;
+    assert_eq!(retag.status(), StatusCode::CREATED);
+    let layer = r.push_blob("team/app", b"loose").await;
+    for path in ["/v2/team/app/manifests/v2".to_owned(), format!("/v2/team/app/blobs/{layer}")] {
+        assert_eq!(r.req(Method::DELETE, &path).send().await.unwrap().status(), StatusCode::ACCEPTED);
+    }
+    let delete = r.req(Method::DELETE, &format!("/v2/team/app/manifests/{digest}")).send().await.unwrap();
+    assert_eq!(delete.status(), StatusCode::ACCEPTED);
+    // A refused push leaves no line.
+    let anonymous = open.via(format!("http://127.0.0.1:{port}"));
+    assert_eq!(
+        anonymous.put_manifest("team/app", "v3", OCI_MANIFEST, &manifest).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["target"] == "audit")
+        .collect();
+    let seen: Vec<(String, String, String)> = lines
+        .iter()
+        .map(|v| {
+            let f = &v["fields"];
+            assert_eq!(f["who"], "alice", "{v}");
+            assert_eq!(f["repository"], "team/app", "{v}");
+            (
+                f["event"].as_str().unwrap().to_owned(),
+                f["reference"].as_str().unwrap().to_owned(),
+                f["digest"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let d = digest.to_string();
+    let expected = vec![
+        ("Push".to_owned(), String::new(), d.clone()),
+        ("Tag".to_owned(), "v1".to_owned(), d.clone()),
+        ("Push".to_owned(), String::new(), d.clone()),
+        ("Tag".to_owned(), "v2".to_owned(), d.clone()),
+        ("DeleteTag".to_owned(), "v2".to_owned(), String::new()),
+        ("DeleteBlob".to_owned(), String::new(), layer.to_string()),
+        ("DeleteManifest".to_owned(), String::new(), d.clone()),
+    ];
+    // Blob pushes of the image are not audited (only manifests, tags and deletes).
+    assert_eq!(seen, expected);
+}
