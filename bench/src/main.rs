@@ -7,7 +7,7 @@ mod workloads;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use berth_bench::servers::{Binaries, Kind, Server};
+use berth_bench::servers::{self, Binaries, Kind, Server};
 use clap::Parser;
 use workloads::*;
 
@@ -103,12 +103,16 @@ async fn main() {
             let rate = small_blobs(&server.base, "bench/small", args.small_blobs, 8, round as u64).await;
             record(&mut s, "4 KiB blob push, 8 clients (blobs/s)", kind, rate);
             let path = push_image(&client, &server.base, "bench/image").await;
-            let get = load(&server.base, &path, "GET", 32, args.load_secs).await;
+            let get = load(&server.base, &path, "GET", 32, args.load_secs, None).await;
             record(&mut s, "manifest GET by tag, 32 conns (req/s)", kind, get.rps);
             record(&mut s, "manifest GET p99 (ms)", kind, get.p99_ms);
-            let head = load(&server.base, &path, "HEAD", 32, args.load_secs).await;
+            let head = load(&server.base, &path, "HEAD", 32, args.load_secs, None).await;
             record(&mut s, "manifest HEAD by tag, 32 conns (req/s)", kind, head.rps);
             record(&mut s, "manifest HEAD p99 (ms)", kind, head.p99_ms);
+            drop(server);
+            if kind != Kind::DebianRegistry {
+                authenticated(&mut s, kind, &bins, &mono, args.load_secs).await;
+            }
         }
         if args.berth_only {
             continue;
@@ -149,6 +153,24 @@ async fn main() {
     }
 }
 
+/// The same pulls with htpasswd authentication on: a Basic header on every
+/// request, as clients send it.
+async fn authenticated(s: &mut Samples, kind: Kind, bins: &Binaries, blob: &Blob, load_secs: u64) {
+    let server = Server::start_authenticated(kind, bins).await;
+    let auth = servers::authorization();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, auth.parse().unwrap());
+    let client = reqwest::Client::builder().default_headers(headers).build().unwrap();
+    settle();
+    push_monolithic(&client, &server.base, "bench/large", blob).await;
+    let (n, d) = pull(&client, &format!("{}/v2/bench/large/blobs/{}", server.base, blob.digest)).await;
+    assert_eq!(n, blob.len());
+    record(s, "large pull, htpasswd (MB/s)", kind, mbps(n, d));
+    let path = push_image(&client, &server.base, "bench/image").await;
+    let get = load(&server.base, &path, "GET", 32, load_secs, Some(&auth)).await;
+    record(s, "manifest GET by tag, htpasswd, 32 conns (req/s)", kind, get.rps);
+}
+
 fn render(s: &Samples, args: &Args) -> String {
     let columns = [Kind::Berth, Kind::Distribution, Kind::DebianRegistry, Kind::Nginx];
     let mut out = format!(
@@ -176,6 +198,15 @@ fn render(s: &Samples, args: &Args) -> String {
         s.get("large pull (MB/s)").and_then(|m| m.get(Kind::Nginx.label())),
     ) {
         out.push_str(&format!("\nberth pull / nginx sendfile pull: {:.2}\n", median(b) / median(n)));
+    }
+    let berth = |metric: &str| s.get(metric).and_then(|m| m.get(Kind::Berth.label())).map(|v| median(v));
+    for (with, without) in [
+        ("manifest GET by tag, htpasswd, 32 conns (req/s)", "manifest GET by tag, 32 conns (req/s)"),
+        ("large pull, htpasswd (MB/s)", "large pull (MB/s)"),
+    ] {
+        if let (Some(a), Some(b)) = (berth(with), berth(without)) {
+            out.push_str(&format!("berth {with} / anonymous: {:.2}\n", a / b));
+        }
     }
     out
 }

@@ -41,10 +41,38 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn distribution_config(dir: &Path, port: u16) -> PathBuf {
+/// The user every authenticated benchmark logs in as.
+pub const USER: (&str, &str) = ("bench", "bench-password");
+
+/// An htpasswd file with [`USER`], bcrypt cost 5 (what `htpasswd -B` uses).
+fn htpasswd(dir: &Path) -> PathBuf {
+    let path = dir.join("htpasswd");
+    std::fs::write(&path, format!("{}:{}\n", USER.0, bcrypt::hash(USER.1, 5).unwrap())).unwrap();
+    path
+}
+
+/// The `Authorization` value of [`USER`].
+pub fn authorization() -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", USER.0, USER.1)))
+}
+
+fn berth_config(dir: &Path) -> PathBuf {
+    let path = dir.join("berth.yaml");
+    let yaml = format!("auth: {{anonymous: none, htpasswd: {{path: {}}}}}\n", htpasswd(dir).display());
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn distribution_config(dir: &Path, port: u16, auth: bool) -> PathBuf {
     let path = dir.join("config.yml");
+    let auth = if auth {
+        format!("auth: {{htpasswd: {{realm: bench, path: {}}}}}\n", htpasswd(dir).display())
+    } else {
+        String::new()
+    };
     let yaml = format!(
-        "version: 0.1\nlog: {{level: error, accesslog: {{disabled: true}}}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: '127.0.0.1:{port}'}}\n",
+        "version: 0.1\nlog: {{level: error, accesslog: {{disabled: true}}}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: '127.0.0.1:{port}'}}\n{auth}",
         dir.join("data").display()
     );
     std::fs::write(&path, yaml).unwrap();
@@ -74,6 +102,16 @@ fn nginx_config(dir: &Path, port: u16) -> PathBuf {
 
 impl Server {
     pub async fn start(kind: Kind, bins: &Binaries) -> Server {
+        Server::launch(kind, bins, false).await
+    }
+
+    /// A registry that lets only [`USER`] in (htpasswd).
+    pub async fn start_authenticated(kind: Kind, bins: &Binaries) -> Server {
+        assert!(matches!(kind, Kind::Berth | Kind::Distribution), "{kind:?} has no htpasswd setup here");
+        Server::launch(kind, bins, true).await
+    }
+
+    async fn launch(kind: Kind, bins: &Binaries, auth: bool) -> Server {
         let dir = tempfile::Builder::new().prefix("berth-bench.").tempdir_in(bench_tmp()).unwrap();
         let port = free_port();
         let mut cmd = match kind {
@@ -81,12 +119,15 @@ impl Server {
                 let mut c = Command::new(&bins.berth);
                 c.args(["--listen", &format!("127.0.0.1:{port}"), "--root"]).arg(dir.path().join("data"));
                 c.env("RUST_LOG", "error");
+                if auth {
+                    c.arg("--config").arg(berth_config(dir.path()));
+                }
                 c
             }
             Kind::Distribution | Kind::DebianRegistry => {
                 let bin = if kind == Kind::Distribution { &bins.distribution } else { &bins.debian_registry };
                 let mut c = Command::new(bin);
-                c.arg("serve").arg(distribution_config(dir.path(), port));
+                c.arg("serve").arg(distribution_config(dir.path(), port, auth));
                 c.env("OTEL_TRACES_EXPORTER", "none");
                 c
             }
@@ -102,6 +143,7 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {kind:?}: {e}"));
         let base = format!("http://127.0.0.1:{port}");
+        // Any answer will do, a 401 included: the server is up.
         let probe = if kind == Kind::Nginx { format!("{base}/") } else { format!("{base}/v2/") };
         // Owned by the Server at once, so that a panic below still kills and reaps it.
         let server = Server { base, child, dir };

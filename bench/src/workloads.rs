@@ -201,11 +201,12 @@ pub struct Load {
 /// Keeps `conns` keep-alive connections busy with `method` requests for `path`
 /// for `secs` seconds. A raw HTTP/1.1 loop rather than an HTTP library, so the
 /// client costs as little CPU as possible (and, unlike wrk, handles HEAD).
-pub async fn load(base: &str, path: &str, method: &str, conns: usize, secs: u64) -> Load {
+pub async fn load(base: &str, path: &str, method: &str, conns: usize, secs: u64, auth: Option<&str>) -> Load {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://").to_owned();
+    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/vnd.oci.image.manifest.v1+json\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/vnd.oci.image.manifest.v1+json\r\n{auth}\r\n"
     );
     let deadline = Instant::now() + Duration::from_secs(secs);
     let tasks: Vec<_> = (0..conns)

@@ -106,13 +106,17 @@ impl Auth {
     }
 
     async fn authenticate(&self, authorization: Option<&str>) -> Result<Identity, AuthError> {
-        let credentials = Credentials::parse(authorization).map_err(|e| AuthError::Unauthenticated(e.to_string()))?;
-        if credentials == Credentials::None {
+        let Some(header) = authorization else {
             return Ok(Identity::Anonymous);
-        }
-        let key = cache::key(&[authorization.unwrap_or_default().as_bytes()]);
+        };
+        // Looked up before parsing: a known header costs one hash and one lookup.
+        let key = cache::key(&[header.as_bytes()]);
         if let Some(known) = self.identities.get(&key) {
             return known;
+        }
+        let credentials = Credentials::parse(Some(header)).map_err(|e| AuthError::Unauthenticated(e.to_string()))?;
+        if credentials == Credentials::None {
+            return Ok(Identity::Anonymous);
         }
         let (outcome, valid_for) = self.identify(credentials).await;
         if !matches!(outcome, Err(AuthError::Unavailable(_) | AuthError::Busy)) {
