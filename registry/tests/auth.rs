@@ -242,3 +242,39 @@ async fn pushes_tags_and_deletes_leave_one_audit_line_each() {
     // Blob pushes of the image are not audited (only manifests, tags and deletes).
     assert_eq!(seen, expected);
 }
+
+/// A flood of wrong passwords (each a bcrypt check) queues behind a few checks
+/// at a time; a logged-in client's pushes and pulls go on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_passwords_does_not_stall_other_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("htpasswd");
+    // Cost 8: about 15 ms a check in a release build, so 200 guesses are seconds of work.
+    std::fs::write(&file, format!("alice:{}\n", bcrypt::hash("wonderland", 8).unwrap())).unwrap();
+    let r = Registry::with(|c| {
+        c.auth.anonymous = Anonymous::None;
+        c.auth.htpasswd = Some(HtpasswdConfig { path: file, access: Vec::new() });
+    })
+    .await;
+    let alice = r.as_user("alice", "wonderland");
+    assert_eq!(alice.get("/v2/").await.status(), StatusCode::OK);
+    let guesses: Vec<_> = (0..200)
+        .map(|i| {
+            let guesser = r.as_user("alice", &format!("guess-{i}"));
+            tokio::spawn(async move { guesser.get("/v2/").await.status() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        let digest = alice.push_blob("team/app", format!("blob {i}").as_bytes()).await;
+        assert_eq!(alice.get(&format!("/v2/team/app/blobs/{digest}")).await.status(), StatusCode::OK);
+    }
+    let elapsed = started.elapsed();
+    let mut refused = 0;
+    for g in guesses {
+        refused += usize::from(g.await.unwrap() == StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(refused, 200);
+    assert!(elapsed < Duration::from_secs(2), "5 pushes and pulls took {elapsed:?} during the guessing");
+}

@@ -52,12 +52,20 @@ impl Users {
 pub struct Htpasswd {
     path: PathBuf,
     current: RwLock<(cache::Key, Arc<Users>)>,
+    /// bcrypt checks at once: a flood of wrong passwords queues here (holding
+    /// no thread) instead of filling the blocking pool that blob writes need.
+    checks: tokio::sync::Semaphore,
 }
 
 impl Htpasswd {
     pub fn load(path: &Path) -> Result<Htpasswd, HtpasswdError> {
         let (fingerprint, users) = read(path)?;
-        Ok(Htpasswd { path: path.into(), current: RwLock::new((fingerprint, Arc::new(users))) })
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Htpasswd {
+            path: path.into(),
+            current: RwLock::new((fingerprint, Arc::new(users))),
+            checks: tokio::sync::Semaphore::new(cores),
+        })
     }
 
     pub fn users(&self) -> Arc<Users> {
@@ -78,6 +86,12 @@ impl Htpasswd {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Checks `password` against `hash`, a few at a time.
+    pub async fn verify(&self, password: String, hash: String) -> bool {
+        let Ok(_slot) = self.checks.acquire().await else { return false };
+        verify(password, hash).await
     }
 }
 

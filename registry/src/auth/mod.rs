@@ -131,9 +131,9 @@ impl Auth {
         let token = match credentials {
             Credentials::None => return (Ok(Identity::Anonymous), None),
             Credentials::Basic { user, password } => {
-                let hash = self.htpasswd.as_ref().and_then(|h| h.users().hash(&user).map(str::to_owned));
-                if let Some(hash) = hash {
-                    let ok = htpasswd::verify(password, hash).await;
+                let found = self.htpasswd.as_ref().and_then(|h| Some((h, h.users().hash(&user)?.to_owned())));
+                if let Some((htpasswd, hash)) = found {
+                    let ok = htpasswd.verify(password, hash).await;
                     return (if ok { Ok(Identity::User(user)) } else { Err(wrong()) }, None);
                 }
                 password
