@@ -5,19 +5,24 @@
 //! `axum::serve` does not set) and a timeout for connections that move no byte.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::api::{App, router};
 use crate::config::{Config, LimitsConfig};
 use crate::net::{self, Activity, Tracked};
 use crate::storage::{FsStorage, Storage};
+use crate::tls;
 
 /// How long requests in flight may take to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -53,24 +58,21 @@ async fn purge(storage: Arc<dyn Storage>, age: Duration) {
 }
 
 /// Serves `config` on an already bound listener until `shutdown` resolves, then
-/// lets requests in flight finish (for up to 30 s).
+/// lets requests in flight finish (for up to 30 s). With `config.tls` set, an
+/// unusable certificate or key is an error before any connection is accepted.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let files = net::raise_open_files_limit();
-    let limits = config.limits.clone();
-    if u64::from(limits.max_connections) * 2 > files {
-        tracing::warn!(
-            files,
-            max_connections = limits.max_connections,
-            "the open-file limit is below 2 per connection"
-        );
-    }
-    let app = build(config)?;
-    let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
-    let builder = connection_builder(&limits);
+    let max_connections = config.limits.max_connections;
+    check_open_files(max_connections);
+    let root = config.storage.root.clone();
+    let shared = Shared::new(config).await?;
+    let scheme = if shared.tls.is_some() { "https" } else { "http" };
+    let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%listen, scheme, root = %root.display(), "berth-registry serving");
+    let connections = Arc::new(Semaphore::new(max_connections as usize));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -85,26 +87,94 @@ pub async fn serve(
             tracing::debug!(%peer, "connection limit reached; closing a new connection");
             continue;
         };
-        let activity = Arc::new(Activity::new());
-        let service = counted(app.clone(), activity.clone());
-        let connection = builder.serve_connection_with_upgrades(io(stream, &activity), service).into_owned();
-        let connection = graceful.watch(connection);
-        let idle = Duration::from_secs(limits.idle_timeout_secs);
-        tokio::spawn(async move {
-            tokio::select! {
-                result = connection => if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                },
-                _ = activity.idle_for(idle) => tracing::debug!(%peer, "closing an idle connection"),
-            }
-            drop(slot);
-        });
+        tokio::spawn(shared.clone().connection(stream, peer, graceful.watcher(), slot));
     }
     drop(listener);
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still running after {} s; stopping anyway", DRAIN.as_secs());
     }
     Ok(())
+}
+
+/// Raises the open-file limit, and warns when it still cannot hold every connection.
+fn check_open_files(max_connections: u32) {
+    let files = net::raise_open_files_limit();
+    if u64::from(max_connections) * 2 > files {
+        tracing::warn!(files, max_connections, "the open-file limit is below 2 per connection");
+    }
+}
+
+/// What every connection task needs.
+#[derive(Clone)]
+struct Shared {
+    app: axum::Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Shared {
+    /// Loads the certificate (first, so a bad one fails before the storage
+    /// opens) and builds the application.
+    async fn new(config: Config) -> Result<Shared, String> {
+        let tls = match &config.tls {
+            Some(tls) => Some(tls::acceptor(tls).await.map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let limits = config.limits.clone();
+        Ok(Shared {
+            app: build(config)?,
+            builder: Arc::new(connection_builder(&limits)),
+            tls,
+            handshake_timeout: Duration::from_secs(limits.header_timeout_secs),
+            idle_timeout: Duration::from_secs(limits.idle_timeout_secs),
+        })
+    }
+
+    /// Runs one accepted connection, holding its `slot` until it ends. The TLS
+    /// handshake happens here rather than in the accept loop, so a client that
+    /// handshakes slowly delays no one else.
+    async fn connection(self, stream: TcpStream, peer: SocketAddr, watcher: Watcher, slot: OwnedSemaphorePermit) {
+        let activity = Arc::new(Activity::new());
+        let stream = tracked(stream, &activity);
+        match &self.tls {
+            None => self.http(stream, peer, watcher, activity).await,
+            Some(acceptor) => match handshake(acceptor, stream, self.handshake_timeout).await {
+                Ok(stream) => self.http(stream, peer, watcher, activity).await,
+                Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            },
+        }
+        drop(slot);
+    }
+
+    /// Serves HTTP/1.1 and HTTP/2 on `stream` until the client leaves, the
+    /// connection goes idle or the server shuts down.
+    async fn http<S>(&self, stream: S, peer: SocketAddr, watcher: Watcher, activity: Arc<Activity>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = counted(self.app.clone(), activity.clone());
+        let connection = self.builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = watcher.watch(connection);
+        tokio::select! {
+            result = connection => if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            },
+            _ = activity.idle_for(self.idle_timeout) => tracing::debug!(%peer, "closing an idle connection"),
+        }
+    }
+}
+
+/// The server side of a TLS handshake, given at most `limit`.
+async fn handshake<S>(acceptor: &TlsAcceptor, stream: S, limit: Duration) -> std::io::Result<TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(handshake) => handshake,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")),
+    }
 }
 
 /// The app as a hyper service that marks the connection as working while a
@@ -129,15 +199,18 @@ fn counted(
     })
 }
 
-fn io(stream: TcpStream, activity: &Arc<Activity>) -> TokioIo<Tracked<TcpStream>> {
+/// The connection's bytes, counted below TLS so the idle timeout sees them.
+fn tracked(stream: TcpStream, activity: &Arc<Activity>) -> Tracked<TcpStream> {
     let _ = stream.set_nodelay(true);
-    TokioIo::new(Tracked::new(stream, activity.clone()))
+    Tracked::new(stream, activity.clone())
 }
 
-/// HTTP/1.1 and cleartext HTTP/2, with a timer so the header timeout applies.
+/// HTTP/1.1 and HTTP/2 (cleartext, or chosen through ALPN under TLS), with a
+/// timer so the header timeout applies.
 fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(limits.header_timeout_secs));
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
     builder
 }
+
