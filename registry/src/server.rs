@@ -27,6 +27,35 @@ use crate::tls;
 /// How long requests in flight may take to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(30);
 
+/// What an operator should hear about at start: a registry that strangers can
+/// write to, or credentials sent without encryption. Loopback addresses are
+/// reachable only from this machine, and are exempt.
+pub fn startup_warnings(config: &Config) -> Vec<String> {
+    let addr = &config.listen;
+    if is_loopback(addr) {
+        return Vec::new();
+    }
+    let mut warnings = Vec::new();
+    if config.auth.is_open() && !config.read_only {
+        warnings.push(format!("anyone who can reach {addr} can push, overwrite and delete images: configure auth"));
+    }
+    if config.auth.has_authenticators() && config.tls.is_none() {
+        warnings.push(format!(
+            "TLS is off on {addr}: credentials travel in clear text; configure tls or listen on loopback"
+        ));
+    }
+    warnings
+}
+
+/// Whether a listen address (`ip:port`, `[ip]:port` or `localhost:port`)
+/// accepts connections from this machine only.
+fn is_loopback(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    listen.rsplit_once(':').is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+}
+
 /// Opens the storage and builds the HTTP application for `config`; starts the
 /// cleanup of what clients and crashes leave behind.
 pub fn build(config: Config) -> Result<axum::Router, String> {
@@ -214,3 +243,50 @@ fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Anonymous, HtpasswdConfig, TlsConfig};
+
+    fn warnings(listen: &str, adjust: impl FnOnce(&mut Config)) -> Vec<String> {
+        let mut config = Config { listen: listen.into(), ..Config::default() };
+        adjust(&mut config);
+        startup_warnings(&config)
+    }
+
+    #[test]
+    fn an_open_registry_on_a_public_address_is_warned_about() {
+        for listen in ["0.0.0.0:5000", "[::]:5000", "10.1.2.3:5000", "registry.example:5000"] {
+            let w = warnings(listen, |_| {});
+            assert_eq!(w.len(), 1, "{listen}: {w:?}");
+            assert!(w[0].contains(&format!("anyone who can reach {listen} can push")), "{w:?}");
+        }
+        for listen in ["127.0.0.1:5000", "127.1.2.3:5000", "[::1]:5000", "localhost:5000", "LOCALHOST:5000"] {
+            assert_eq!(warnings(listen, |_| {}), Vec::<String>::new(), "{listen}");
+        }
+        assert!(warnings("0.0.0.0:5000", |c| c.read_only = true).is_empty());
+        assert!(warnings("0.0.0.0:5000", |c| c.auth.anonymous = Anonymous::Pull).is_empty());
+    }
+
+    #[test]
+    fn credentials_without_tls_on_a_public_address_are_warned_about() {
+        let with_users = |c: &mut Config| {
+            c.auth.anonymous = Anonymous::None;
+            c.auth.htpasswd = Some(HtpasswdConfig::default());
+        };
+        let w = warnings("0.0.0.0:5000", with_users);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("credentials travel in clear text"), "{w:?}");
+        assert!(warnings("127.0.0.1:5000", with_users).is_empty());
+        let tls = TlsConfig { cert_file: "tls.crt".into(), key_file: "tls.key".into() };
+        assert!(
+            warnings("0.0.0.0:5000", |c| {
+                with_users(c);
+                c.tls = Some(tls);
+            })
+            .is_empty()
+        );
+        let both = warnings("0.0.0.0:5000", |c| c.auth.htpasswd = Some(HtpasswdConfig::default()));
+        assert_eq!(both.len(), 2, "open and in clear text: {both:?}");
+    }
+}
