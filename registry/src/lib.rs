@@ -26,5 +26,7 @@ pub mod net;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod storage;
+#[cfg(feature = "server")]
+pub mod tls;
 
 pub use config::Config;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use berth_registry::config::{Config, LogFormat};
+use berth_registry::config::{Config, LogFormat, TlsConfig};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -19,6 +19,13 @@ struct Args {
     /// Storage directory.
     #[arg(long, env = "BERTH_STORAGE_ROOT")]
     root: Option<PathBuf>,
+    /// PEM certificate chain to serve HTTPS with (needs --tls-key); re-read
+    /// when it changes.
+    #[arg(long, env = "BERTH_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "BERTH_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "BERTH_LOG_FORMAT")]
     log_format: Option<String>,
@@ -59,6 +66,11 @@ fn load(args: &Args) -> Result<Config, String> {
     }
     if let Some(root) = &args.root {
         config.storage.root = root.clone();
+    }
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => config.tls = Some(TlsConfig { cert_file: cert.clone(), key_file: key.clone() }),
+        (None, None) => {}
+        _ => return Err("--tls-cert and --tls-key (BERTH_TLS_CERT, BERTH_TLS_KEY) go together".into()),
     }
     if let Some(format) = &args.log_format {
         config.log.format = match format.as_str() {
@@ -145,7 +157,9 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    tracing::info!(listen = %config.listen, root = %config.storage.root.display(), "berth-registry serving");
+    for warning in berth_registry::server::startup_warnings(&config) {
+        tracing::warn!("{warning}");
+    }
     match berth_registry::server::serve(listener, config, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

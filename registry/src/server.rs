@@ -5,22 +5,56 @@
 //! `axum::serve` does not set) and a timeout for connections that move no byte.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::api::{App, router};
 use crate::config::{Config, LimitsConfig};
 use crate::net::{self, Activity, Tracked};
 use crate::storage::{FsStorage, Storage};
+use crate::tls;
 
 /// How long requests in flight may take to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(30);
+
+/// What an operator should hear about at start: a registry that strangers can
+/// write to, or credentials sent without encryption. Loopback addresses are
+/// reachable only from this machine, and are exempt.
+pub fn startup_warnings(config: &Config) -> Vec<String> {
+    let addr = &config.listen;
+    if is_loopback(addr) {
+        return Vec::new();
+    }
+    let mut warnings = Vec::new();
+    if config.auth.is_open() && !config.read_only {
+        warnings.push(format!("anyone who can reach {addr} can push, overwrite and delete images: configure auth"));
+    }
+    if config.auth.has_authenticators() && config.tls.is_none() {
+        warnings.push(format!(
+            "TLS is off on {addr}: credentials travel in clear text; configure tls or listen on loopback"
+        ));
+    }
+    warnings
+}
+
+/// Whether a listen address (`ip:port`, `[ip]:port` or `localhost:port`)
+/// accepts connections from this machine only.
+fn is_loopback(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    listen.rsplit_once(':').is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+}
 
 /// Opens the storage and builds the HTTP application for `config`; starts the
 /// cleanup of what clients and crashes leave behind.
@@ -53,24 +87,21 @@ async fn purge(storage: Arc<dyn Storage>, age: Duration) {
 }
 
 /// Serves `config` on an already bound listener until `shutdown` resolves, then
-/// lets requests in flight finish (for up to 30 s).
+/// lets requests in flight finish (for up to 30 s). With `config.tls` set, an
+/// unusable certificate or key is an error before any connection is accepted.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let files = net::raise_open_files_limit();
-    let limits = config.limits.clone();
-    if u64::from(limits.max_connections) * 2 > files {
-        tracing::warn!(
-            files,
-            max_connections = limits.max_connections,
-            "the open-file limit is below 2 per connection"
-        );
-    }
-    let app = build(config)?;
-    let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
-    let builder = connection_builder(&limits);
+    let max_connections = config.limits.max_connections;
+    check_open_files(max_connections);
+    let root = config.storage.root.clone();
+    let shared = Shared::new(config).await?;
+    let scheme = if shared.tls.is_some() { "https" } else { "http" };
+    let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%listen, scheme, root = %root.display(), "berth-registry serving");
+    let connections = Arc::new(Semaphore::new(max_connections as usize));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -85,26 +116,94 @@ pub async fn serve(
             tracing::debug!(%peer, "connection limit reached; closing a new connection");
             continue;
         };
-        let activity = Arc::new(Activity::new());
-        let service = counted(app.clone(), activity.clone());
-        let connection = builder.serve_connection_with_upgrades(io(stream, &activity), service).into_owned();
-        let connection = graceful.watch(connection);
-        let idle = Duration::from_secs(limits.idle_timeout_secs);
-        tokio::spawn(async move {
-            tokio::select! {
-                result = connection => if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                },
-                _ = activity.idle_for(idle) => tracing::debug!(%peer, "closing an idle connection"),
-            }
-            drop(slot);
-        });
+        tokio::spawn(shared.clone().connection(stream, peer, graceful.watcher(), slot));
     }
     drop(listener);
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still running after {} s; stopping anyway", DRAIN.as_secs());
     }
     Ok(())
+}
+
+/// Raises the open-file limit, and warns when it still cannot hold every connection.
+fn check_open_files(max_connections: u32) {
+    let files = net::raise_open_files_limit();
+    if u64::from(max_connections) * 2 > files {
+        tracing::warn!(files, max_connections, "the open-file limit is below 2 per connection");
+    }
+}
+
+/// What every connection task needs.
+#[derive(Clone)]
+struct Shared {
+    app: axum::Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Shared {
+    /// Loads the certificate (first, so a bad one fails before the storage
+    /// opens) and builds the application.
+    async fn new(config: Config) -> Result<Shared, String> {
+        let tls = match &config.tls {
+            Some(tls) => Some(tls::acceptor(tls).await.map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let limits = config.limits.clone();
+        Ok(Shared {
+            app: build(config)?,
+            builder: Arc::new(connection_builder(&limits)),
+            tls,
+            handshake_timeout: Duration::from_secs(limits.header_timeout_secs),
+            idle_timeout: Duration::from_secs(limits.idle_timeout_secs),
+        })
+    }
+
+    /// Runs one accepted connection, holding its `slot` until it ends. The TLS
+    /// handshake happens here rather than in the accept loop, so a client that
+    /// handshakes slowly delays no one else.
+    async fn connection(self, stream: TcpStream, peer: SocketAddr, watcher: Watcher, slot: OwnedSemaphorePermit) {
+        let activity = Arc::new(Activity::new());
+        let stream = tracked(stream, &activity);
+        match &self.tls {
+            None => self.http(stream, peer, watcher, activity).await,
+            Some(acceptor) => match handshake(acceptor, stream, self.handshake_timeout).await {
+                Ok(stream) => self.http(stream, peer, watcher, activity).await,
+                Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            },
+        }
+        drop(slot);
+    }
+
+    /// Serves HTTP/1.1 and HTTP/2 on `stream` until the client leaves, the
+    /// connection goes idle or the server shuts down.
+    async fn http<S>(&self, stream: S, peer: SocketAddr, watcher: Watcher, activity: Arc<Activity>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = counted(self.app.clone(), activity.clone());
+        let connection = self.builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = watcher.watch(connection);
+        tokio::select! {
+            result = connection => if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            },
+            _ = activity.idle_for(self.idle_timeout) => tracing::debug!(%peer, "closing an idle connection"),
+        }
+    }
+}
+
+/// The server side of a TLS handshake, given at most `limit`.
+async fn handshake<S>(acceptor: &TlsAcceptor, stream: S, limit: Duration) -> std::io::Result<TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(handshake) => handshake,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")),
+    }
 }
 
 /// The app as a hyper service that marks the connection as working while a
@@ -129,15 +228,65 @@ fn counted(
     })
 }
 
-fn io(stream: TcpStream, activity: &Arc<Activity>) -> TokioIo<Tracked<TcpStream>> {
+/// The connection's bytes, counted below TLS so the idle timeout sees them.
+fn tracked(stream: TcpStream, activity: &Arc<Activity>) -> Tracked<TcpStream> {
     let _ = stream.set_nodelay(true);
-    TokioIo::new(Tracked::new(stream, activity.clone()))
+    Tracked::new(stream, activity.clone())
 }
 
-/// HTTP/1.1 and cleartext HTTP/2, with a timer so the header timeout applies.
+/// HTTP/1.1 and HTTP/2 (cleartext, or chosen through ALPN under TLS), with a
+/// timer so the header timeout applies.
 fn connection_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(limits.header_timeout_secs));
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
     builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Anonymous, HtpasswdConfig, TlsConfig};
+
+    fn warnings(listen: &str, adjust: impl FnOnce(&mut Config)) -> Vec<String> {
+        let mut config = Config { listen: listen.into(), ..Config::default() };
+        adjust(&mut config);
+        startup_warnings(&config)
+    }
+
+    #[test]
+    fn an_open_registry_on_a_public_address_is_warned_about() {
+        for listen in ["0.0.0.0:5000", "[::]:5000", "10.1.2.3:5000", "registry.example:5000"] {
+            let w = warnings(listen, |_| {});
+            assert_eq!(w.len(), 1, "{listen}: {w:?}");
+            assert!(w[0].contains(&format!("anyone who can reach {listen} can push")), "{w:?}");
+        }
+        for listen in ["127.0.0.1:5000", "127.1.2.3:5000", "[::1]:5000", "localhost:5000", "LOCALHOST:5000"] {
+            assert_eq!(warnings(listen, |_| {}), Vec::<String>::new(), "{listen}");
+        }
+        assert!(warnings("0.0.0.0:5000", |c| c.read_only = true).is_empty());
+        assert!(warnings("0.0.0.0:5000", |c| c.auth.anonymous = Anonymous::Pull).is_empty());
+    }
+
+    #[test]
+    fn credentials_without_tls_on_a_public_address_are_warned_about() {
+        let with_users = |c: &mut Config| {
+            c.auth.anonymous = Anonymous::None;
+            c.auth.htpasswd = Some(HtpasswdConfig::default());
+        };
+        let w = warnings("0.0.0.0:5000", with_users);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("credentials travel in clear text"), "{w:?}");
+        assert!(warnings("127.0.0.1:5000", with_users).is_empty());
+        let tls = TlsConfig { cert_file: "tls.crt".into(), key_file: "tls.key".into() };
+        assert!(
+            warnings("0.0.0.0:5000", |c| {
+                with_users(c);
+                c.tls = Some(tls);
+            })
+            .is_empty()
+        );
+        let both = warnings("0.0.0.0:5000", |c| c.auth.htpasswd = Some(HtpasswdConfig::default()));
+        assert_eq!(both.len(), 2, "open and in clear text: {both:?}");
+    }
 }
