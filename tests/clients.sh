@@ -3,17 +3,30 @@
 # index (--all) and a Docker schema2 image and manifest list out and back in with
 # digests preserved; crane pushes, lists, copies and deletes; oras pushes and pulls
 # an artifact, attaches a signature and finds it through the referrers API.
+# Then access control, with the same clients and podman: a registry that requires
+# htpasswd users, and one that takes Kubernetes ServiceAccount tokens, checked by
+# a real kube-apiserver (TokenReview), with pushes decided by RoleBindings
+# (SubjectAccessReview).
 set -euo pipefail
 # shellcheck source=tests/lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
 
-apt_install skopeo curl
+apt_install skopeo curl jq apache2-utils podman
 crane=$(go_tool crane)
 oras=$(go_tool oras)
 work=$(mktemp -d)
 FORWARD_PID=""
-trap 'stop_registry; [ -n "$FORWARD_PID" ] && kill "$FORWARD_PID" 2>/dev/null; rm -rf "$work"' EXIT
+PIDS=()  # every registry started here
+cleanup() {
+  local pid
+  [ -n "$FORWARD_PID" ] && kill "$FORWARD_PID" 2>/dev/null
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
+  [ -d "$work/cp" ] && "$REPO_ROOT/tests/controlplane/down" "$work/cp" >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap cleanup EXIT
 start_registry "$work/data"
+PIDS+=("$REGISTRY_PID")
 R=$REGISTRY
 sk=(skopeo --insecure-policy)
 export HOME="$work/home"   # keep client credentials/config out of the user's home
@@ -138,6 +151,288 @@ check "skopeo round-trips a Docker manifest list and schema2 image" skopeo_docke
 check "crane pull/push/copy/tag/ls/catalog/delete" crane_workflow
 check "oras push/pull/attach/discover via the referrers API" oras_artifacts
 check "skopeo pushes and pulls through the node-access forwarder" skopeo_through_forwarder
+
+# --- Access control -----------------------------------------------------------
+# Every client pushes and pulls the same image (oras: an artifact) with its own
+# login, kept in a credentials file of its own per identity, so one client's
+# login cannot make another's push succeed. The identity "none" has empty files.
+pm=(podman --root "$work/podman/store" --runroot "$work/podman/run" --storage-driver vfs --events-backend none)
+# podman pulls into a second, empty store, so what it pulls comes from the registry.
+pm_pull=(podman --root "$work/podman/pulled" --runroot "$work/podman/run-pulled" --storage-driver vfs --events-backend none)
+CLIENTS=(crane skopeo oras podman)
+# How each client words the registry's 401 and 403 (oras: "basic credential not
+# found" when a Basic challenge meets an empty credentials file).
+UNAUTHORIZED='401|unauthorized|authentication required|credential not found'
+WRONG_LOGIN='401|unauthorized|invalid username'
+DENIED='403|denied'
+
+layout_digest() { jq -r '.manifests[0].digest' "$1/index.json"; }
+
+# quiet COMMAND...: the command's stderr is shown only when it fails.
+quiet() {
+  local rc=0
+  "$@" 2>"$work/stderr" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "    $1 $2 failed ($rc):" >&2
+    tail -n 4 "$work/stderr" | sed 's/^/      /' >&2
+  fi
+  return "$rc"
+}
+
+# fails_with PATTERN COMMAND...: the command fails, and says why with PATTERN.
+fails_with() {
+  local pattern=$1 out; shift
+  if out=$("$@" 2>&1); then
+    echo "    not refused: $1 $2 $3 $4" >&2
+    return 1
+  fi
+  grep -Eqi -- "$pattern" <<<"$out" && return 0
+  echo "    $1 $2 $3 $4 failed, but not with /$pattern/:" >&2
+  tail -n 3 <<<"$out" | sed 's/^/      /' >&2
+  return 1
+}
+
+creds() { # client identity -> its credentials file (crane: a DOCKER_CONFIG directory)
+  local dir="$work/creds/$2"
+  mkdir -p "$dir/crane"
+  [ -f "$dir/crane/config.json" ] || echo '{}' >"$dir/crane/config.json"
+  [ -f "$dir/$1.json" ] || echo '{}' >"$dir/$1.json"
+  if [ "$1" = crane ]; then echo "$dir/crane"; else echo "$dir/$1.json"; fi
+}
+
+login() { # client identity host user secret
+  local client=$1 file host=$3 user=$4 secret=$5
+  file=$(creds "$1" "$2")
+  case $client in
+    crane) printf '%s' "$secret" | DOCKER_CONFIG=$file "$crane" auth login "$host" -u "$user" --password-stdin ;;
+    skopeo) printf '%s' "$secret" | skopeo login --tls-verify=false --authfile "$file" -u "$user" --password-stdin "$host" ;;
+    oras) printf '%s' "$secret" | "$oras" login --plain-http --registry-config "$file" -u "$user" --password-stdin "$host" ;;
+    podman) printf '%s' "$secret" | "${pm[@]}" login --tls-verify=false --authfile "$file" -u "$user" --password-stdin "$host" ;;
+  esac
+}
+
+push() { # client identity ref: pushes the seed image (oras: the artifact); prints the manifest digest
+  local client=$1 file ref=$3 out
+  file=$(creds "$1" "$2")
+  case $client in
+    crane) out=$(DOCKER_CONFIG=$file "$crane" push "$work/seed" "$ref") && echo "${out##*@}" ;;
+    skopeo)
+      rm -f "$work/pushed.digest"
+      "${sk[@]}" copy -q --preserve-digests --dest-tls-verify=false --authfile "$file" \
+        --digestfile "$work/pushed.digest" "oci:$work/seed" "docker://$ref" && cat "$work/pushed.digest" ;;
+    oras) (cd "$work" && "$oras" push --plain-http --registry-config "$file" --format 'go-template={{.digest}}' \
+      --artifact-type application/vnd.berth.test "$ref" payload.txt:text/plain) ;;
+    podman)
+      rm -f "$work/pushed.digest"
+      "${pm[@]}" push -q --tls-verify=false --authfile "$file" --digestfile "$work/pushed.digest" \
+        "$SEED_ID" "docker://$ref" && cat "$work/pushed.digest" ;;
+  esac
+}
+
+pull() { # client identity ref: pulls and checks the content; prints the manifest digest it got
+  local client=$1 file ref=$3 out="$work/pulled" id
+  file=$(creds "$1" "$2")
+  rm -rf "$out"
+  case $client in
+    crane) DOCKER_CONFIG=$file "$crane" pull --format=oci "$ref" "$out" && layout_digest "$out" ;;
+    skopeo) "${sk[@]}" copy -q --src-tls-verify=false --authfile "$file" "docker://$ref" "oci:$out:pulled" &&
+      layout_digest "$out" ;;
+    oras) mkdir -p "$out" && "$oras" pull --plain-http --registry-config "$file" -o "$out" "$ref" >/dev/null &&
+      cmp -s "$work/payload.txt" "$out/payload.txt" &&
+      "$oras" resolve --plain-http --registry-config "$file" "$ref" ;;
+    podman) id=$("${pm_pull[@]}" pull -q --tls-verify=false --authfile "$file" "docker://$ref") &&
+      [ "$id" = "$SEED_ID" ] && "${pm_pull[@]}" image inspect --format '{{.Digest}}' "$ref" ;;
+  esac
+}
+
+# The seed: one small image on the open registry, saved as an OCI layout (crane,
+# skopeo) and loaded into podman's store; its config digest is podman's image ID.
+seed_image() {
+  printf 'artifact behind a login' >"$work/payload.txt" &&
+    "$crane" append --oci-empty-base -f "$(layer seed "seed layer")" -t "$R/seed/img:v1" >/dev/null 2>&1 &&
+    "$crane" mutate --set-platform linux/amd64 -t "$R/seed/img:v1" "$R/seed/img:v1" >/dev/null 2>&1 &&
+    SEED_DIGEST=$("$crane" digest "$R/seed/img:v1") &&
+    quiet "$crane" pull --format=oci "$R/seed/img:v1" "$work/seed" &&
+    [ "$(layout_digest "$work/seed")" = "$SEED_DIGEST" ] &&
+    quiet "${sk[@]}" copy -q --src-tls-verify=false "docker://$R/seed/img:v1" "oci-archive:$work/seed.tar" &&
+    SEED_ID=$(quiet "${pm[@]}" pull -q "oci-archive:$work/seed.tar") &&
+    [ "sha256:$SEED_ID" = "$("$crane" manifest "$R/seed/img:v1" | jq -r .config.digest)" ]
+}
+
+# round_trip CLIENT IDENTITY HOST USER SECRET REPO: the client logs in, pushes
+# and pulls back; the digest pulled is the one pushed (crane and skopeo keep the
+# seed's; podman compresses anew).
+round_trip() {
+  local client=$1 id=$2 host=$3 user=$4 secret=$5 ref="$3/$6:v1" pushed pulled
+  quiet login "$client" "$id" "$host" "$user" "$secret" >/dev/null &&
+    pushed=$(quiet push "$client" "$id" "$ref") &&
+    pulled=$(quiet pull "$client" "$id" "$ref") || return 1
+  case $client in
+    crane | skopeo) [ "$pushed" = "$SEED_DIGEST" ] || { echo "    pushed $pushed, not the seed's $SEED_DIGEST" >&2; return 1; } ;;
+  esac
+  [[ $pushed == sha256:* && $pushed == "$pulled" ]] || { echo "    pushed '$pushed', pulled '$pulled'" >&2; return 1; }
+}
+
+# absent IDENTITY REF: crane, logged in as IDENTITY (who may read REF), finds no such manifest.
+absent() {
+  local out
+  if out=$(DOCKER_CONFIG=$(creds crane "$1") "$crane" manifest "$2" 2>&1); then
+    echo "    $2 was stored" >&2
+    return 1
+  fi
+  grep -Eq 'MANIFEST_UNKNOWN|NAME_UNKNOWN|404' <<<"$out" && return 0
+  echo "    looking for $2: $(tail -n 1 <<<"$out")" >&2
+  return 1
+}
+
+# htpasswd: alice may do everything, bob may only pull.
+htpasswd_registry() {
+  htpasswd -Bbc "$work/htpasswd" alice alice-secret 2>/dev/null &&
+    htpasswd -Bb "$work/htpasswd" bob bob-secret 2>/dev/null &&
+    cat >"$work/htpasswd.yaml" <<YAML &&
+auth:
+  anonymous: none
+  htpasswd:
+    path: $work/htpasswd
+    access:
+    - {users: [alice], repositories: ["*"], actions: [pull, push, delete]}
+    - {users: [bob], repositories: ["*"], actions: [pull]}
+YAML
+    start_registry "$work/htpasswd-data" "$work/htpasswd.yaml" || return 1
+  PIDS+=("$REGISTRY_PID")
+  H=$REGISTRY
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$H/v2/")" = 401 ] &&
+    curl -fsS -u alice:alice-secret "http://$H/v2/" >/dev/null &&
+    quiet login crane admin "$H" alice alice-secret >/dev/null  # for looking, in absent
+}
+
+htpasswd_anonymous_refused() {
+  local client ok=0
+  for client in "${CLIENTS[@]}"; do
+    fails_with "$UNAUTHORIZED" push "$client" none "$H/anon/$client:v1" || ok=1
+    absent admin "$H/anon/$client:v1" || ok=1
+    fails_with "$UNAUTHORIZED" pull "$client" none "$H/alice/$client:v1" || ok=1
+  done
+  return $ok
+}
+
+htpasswd_pull_only() {
+  local client ok=0
+  for client in "${CLIENTS[@]}"; do
+    quiet login "$client" bob "$H" bob bob-secret >/dev/null || { ok=1; continue; }
+    quiet pull "$client" bob "$H/alice/$client:v1" >/dev/null || ok=1
+    fails_with "$DENIED" push "$client" bob "$H/bob/$client:v1" || ok=1
+    absent admin "$H/bob/$client:v1" || ok=1
+  done
+  return $ok
+}
+
+htpasswd_wrong_password() {
+  local client ok=0
+  for client in skopeo oras podman; do
+    fails_with "$WRONG_LOGIN" login "$client" alice-wrong "$H" alice not-her-secret || ok=1
+  done
+  # crane auth login only stores the credentials; the registry refuses them on use.
+  quiet login crane alice-wrong "$H" alice not-her-secret >/dev/null || ok=1
+  fails_with "$UNAUTHORIZED" pull crane alice-wrong "$H/alice/crane:v1" || ok=1
+  fails_with "$UNAUTHORIZED" push crane alice-wrong "$H/alice/wrong:v1" || ok=1
+  return $ok
+}
+
+check "seed image for the access-control checks (OCI layout, podman store)" seed_image
+check "htpasswd registry with anonymous: none answers 401 to strangers, 200 to alice" htpasswd_registry
+for client in "${CLIENTS[@]}"; do
+  check "htpasswd: $client logs in as alice (push rights), pushes and pulls back the same digest" \
+    round_trip "$client" alice "$H" alice alice-secret "alice/$client"
+done
+check "htpasswd: without credentials crane, skopeo, oras, podman pushes and pulls get 401, nothing stored" \
+  htpasswd_anonymous_refused
+check "htpasswd: pull-only bob pulls with every client, but each push gets 403 DENIED" htpasswd_pull_only
+check "htpasswd: a wrong password fails skopeo, oras and podman login, crane's stored login gets 401" \
+  htpasswd_wrong_password
+
+# Kubernetes: a real etcd and kube-apiserver. The registry reviews tokens with its
+# own ServiceAccount (system:auth-delegator only); ci of team-a may get and create
+# repositories in team-a through a RoleBinding, and nothing in team-b; admin of
+# berth may get and create everywhere (to look for what must not be there).
+AUDIENCE=berth.dev/test/registry
+kubernetes_registry() {
+  local out token server ca
+  out=$(BERTH_CP_OWNER_PID=$$ "$REPO_ROOT/tests/controlplane/up" "$work/cp") && eval "$out" || return 1
+  kubectl apply -f - >/dev/null <<'ROLE' || return 1
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: berth-push}
+rules:
+- {apiGroups: [berth.dev], resources: [repositories], verbs: [get, create]}
+ROLE
+  kubectl create namespace berth >/dev/null &&
+    kubectl create namespace team-a >/dev/null &&
+    kubectl create namespace team-b >/dev/null &&
+    kubectl -n berth create serviceaccount registry >/dev/null &&
+    kubectl create clusterrolebinding berth-registry-auth --clusterrole=system:auth-delegator \
+      --serviceaccount=berth:registry >/dev/null &&
+    kubectl -n team-a create serviceaccount ci >/dev/null &&
+    kubectl -n team-a create rolebinding push --clusterrole=berth-push --serviceaccount=team-a:ci >/dev/null &&
+    kubectl -n berth create serviceaccount admin >/dev/null &&
+    kubectl create clusterrolebinding berth-admin --clusterrole=berth-push --serviceaccount=berth:admin >/dev/null &&
+    token=$(kubectl -n berth create token registry --duration 1h) &&
+    server=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.server}') &&
+    ca=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}') || return 1
+  cat >"$work/registry.kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "$server", certificate-authority-data: "$ca"}}]
+users: [{name: registry, user: {token: "$token"}}]
+contexts: [{name: c, context: {cluster: c, user: registry}}]
+current-context: c
+KUBECONFIG
+  cat >"$work/kubernetes.yaml" <<YAML
+auth:
+  anonymous: none
+  kubernetes: {audience: $AUDIENCE, kubeconfig: $work/registry.kubeconfig}
+YAML
+  start_registry "$work/kubernetes-data" "$work/kubernetes.yaml" || return 1
+  PIDS+=("$REGISTRY_PID")
+  K=$REGISTRY
+  CI_TOKEN=$(kubectl -n team-a create token ci --audience "$AUDIENCE" --duration 1h) &&
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$K/v2/")" = 401 ] &&
+    curl -fsS -u "ci:$CI_TOKEN" "http://$K/v2/" >/dev/null &&
+    token=$(kubectl -n berth create token admin --audience "$AUDIENCE" --duration 1h) &&
+    quiet login crane k8s-admin "$K" admin "$token" >/dev/null  # for looking, in absent
+}
+
+kubernetes_other_namespace_denied() {
+  local client ok=0
+  for client in "${CLIENTS[@]}"; do
+    fails_with "$DENIED" push "$client" ci-team-a "$K/team-b/$client:v1" || ok=1
+    absent k8s-admin "$K/team-b/$client:v1" || ok=1
+  done
+  return $ok
+}
+
+kubernetes_wrong_audience() {
+  local client ok=0 token
+  # Without --audience the token is for the API server itself.
+  token=$(kubectl -n team-a create token ci --duration 1h) || return 1
+  for client in skopeo oras podman; do
+    fails_with "$WRONG_LOGIN" login "$client" ci-apiserver "$K" ci "$token" || ok=1
+  done
+  quiet login crane ci-apiserver "$K" ci "$token" >/dev/null || ok=1
+  fails_with "$UNAUTHORIZED" pull crane ci-apiserver "$K/team-a/crane:v1" || ok=1
+  return $ok
+}
+
+check "kubernetes: control plane, ServiceAccounts, RoleBinding; registry answers 401 without, 200 with ci's token" \
+  kubernetes_registry
+for client in "${CLIENTS[@]}"; do
+  check "kubernetes: $client logs in with ci's ServiceAccount token, pushes to team-a and pulls back the same digest" \
+    round_trip "$client" ci-team-a "$K" ci "$CI_TOKEN" "team-a/$client"
+done
+check "kubernetes: ci of team-a pushing to team-b gets 403 DENIED from crane, skopeo, oras, podman; nothing stored" \
+  kubernetes_other_namespace_denied
+check "kubernetes: a token for the API server's audience fails skopeo, oras, podman login; crane gets 401" \
+  kubernetes_wrong_audience
 
 echo "clients: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

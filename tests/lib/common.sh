@@ -56,6 +56,8 @@ registry_bin() {
 }
 
 # start_registry ROOT [CONFIG]: starts berth-registry, sets REGISTRY (host:port) and REGISTRY_PID.
+# Waits for /healthz, which answers without credentials: with auth configured,
+# /v2/ answers 401 to anonymous clients.
 start_registry() {
   local root=$1 config=${2:-} port
   port=$(free_port)
@@ -65,7 +67,8 @@ start_registry() {
   REGISTRY_PID=$!
   REGISTRY="127.0.0.1:$port"
   for _ in $(seq 1 100); do
-    if curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1; then return 0; fi
+    if curl -fsS "http://$REGISTRY/healthz" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$REGISTRY_PID" 2>/dev/null || break
     sleep 0.1
   done
   echo "berth-registry did not start; log:" >&2
