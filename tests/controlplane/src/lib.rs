@@ -8,7 +8,20 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const SCRIPTS: &str = env!("CARGO_MANIFEST_DIR");
+/// Where `up` and `down` are. Found at run time from the running test's package
+/// (cargo sets `CARGO_MANIFEST_DIR` for it): a path compiled into this crate would
+/// point at whichever clone first built it, since cargo reuses the build of a path
+/// dependency across clones that share a target directory.
+fn scripts() -> PathBuf {
+    let compiled = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let Some(package) = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from) else {
+        return compiled;
+    };
+    [package.clone(), package.join("../tests/controlplane")]
+        .into_iter()
+        .find(|dir| dir.join("up").is_file())
+        .unwrap_or(compiled)
+}
 
 pub struct ControlPlane {
     dir: PathBuf,
@@ -37,7 +50,7 @@ impl ControlPlane {
 
     fn launch(mode: Option<&str>) -> ControlPlane {
         let dir = tempfile::Builder::new().prefix("berth-cp.").tempdir().expect("temp dir").keep();
-        let mut up = Command::new(Path::new(SCRIPTS).join("up"));
+        let mut up = Command::new(scripts().join("up"));
         up.args(mode);
         let out = up.arg(&dir).env("BERTH_CP_OWNER_PID", std::process::id().to_string()).output().expect("running up");
         if !out.status.success() {
@@ -130,7 +143,7 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        let _ = Command::new(Path::new(SCRIPTS).join("down")).arg(&self.dir).status();
+        let _ = Command::new(scripts().join("down")).arg(&self.dir).status();
     }
 }
 
