@@ -67,6 +67,9 @@ impl Default for StorageConfig {
 pub struct UploadsConfig {
     /// Let `POST ?mount=<digest>` without `from` link a blob that the registry
     /// already stores into the target repository (distribution-spec 1.1 allows it).
+    /// Only while access is not checked (no `auth` authenticators, anonymous
+    /// `all`): otherwise the blob could come from a repository the client may not
+    /// read, so a normal upload session starts instead.
     pub anonymous_mount: bool,
     /// Smallest chunk the registry asks clients to send (`OCI-Chunk-Min-Length`);
     /// 0 leaves the choice to clients.
