@@ -87,12 +87,7 @@ impl TlsRegistry {
         replace(&dir.path().join("key.pem"), &leaf.key_pem);
         let mut config = tls_config(dir.path(), dir.path());
         adjust(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(berth_registry::server::serve(listener, config, async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop) = common::spawn(config).await;
         wait_until_served(addr, leaf).await;
         TlsRegistry { addr, dir, _stop: stop }
     }

@@ -42,12 +42,7 @@ impl Registry {
         let mut config = Config::default();
         config.storage.root = root.to_path_buf();
         adjust(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(berth_registry::server::serve(listener, config, async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop) = spawn(config).await;
         Registry {
             base: format!("http://{addr}"),
             client: Client::new(),
@@ -132,6 +127,18 @@ impl Registry {
         }
         m
     }
+}
+
+/// Serves `config` in-process on a free loopback port until the sender is
+/// dropped or fired.
+pub async fn spawn(config: Config) -> (std::net::SocketAddr, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(berth_registry::server::serve(listener, config, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
 }
 
 impl Drop for Registry {
