@@ -67,7 +67,13 @@ pub fn desired(reg: &Registry, deployment: Option<&Deployment>, problem: Option<
             c
         })
         .collect();
-    RegistryStatus { observed_generation: generation, conditions, ready_replicas: ready, endpoint: Some(endpoint(reg)) }
+    RegistryStatus {
+        observed_generation: generation,
+        conditions,
+        ready_replicas: ready,
+        endpoint: Some(endpoint(reg)),
+        audience: None,
+    }
 }
 
 /// The name used in log lines and events.
