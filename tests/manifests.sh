@@ -3,7 +3,8 @@
 # manifests` renders (--write regenerates it), every manifest passes a server-side
 # dry run, install.yaml and the examples really apply, and the operator, running
 # with a token of the ServiceAccount from manifests/rbac.yaml, reconciles the
-# examples, so a missing permission fails here.
+# examples (the registries' ServiceAccounts and token-review bindings included), so a
+# missing permission fails here.
 set -euo pipefail
 # shellcheck source=tests/lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
@@ -71,7 +72,7 @@ operator_pid=$!
 examples_reconcile() {
   kubectl apply --server-side -f manifests/examples/ >/dev/null || return 1
   local name
-  for name in registry images; do
+  for name in registry images local; do
     for _ in $(seq 1 120); do
       [ -n "$(kubectl -n default get registry "$name" -o jsonpath='{.status.endpoint}' 2>/dev/null)" ] &&
         kubectl -n default get deployment "$name" >/dev/null 2>&1 && continue 2
@@ -80,7 +81,12 @@ examples_reconcile() {
     echo "Registry $name was not reconciled; operator log:"; tail -20 "$work/operator.log"
     return 1
   done
-  kubectl -n default get daemonset images-node-access >/dev/null &&
+  for name in registry images local; do
+    kubectl -n default get serviceaccount "$name-registry" >/dev/null || return 1
+    [ "$(kubectl get clusterrolebinding "berth:registry:default:$name" -o jsonpath='{.roleRef.name}')" = system:auth-delegator ] ||
+      return 1
+  done
+  kubectl -n default get daemonset local-node-access >/dev/null &&
     kubectl -n kube-public get configmap local-registry-hosting >/dev/null &&
     kubectl -n berth-system get lease berth-operator >/dev/null &&
     ! grep -qi forbidden "$work/operator.log"
@@ -91,6 +97,7 @@ examples_delete() {
   # The finalizer runs under the ServiceAccount too: deletion must complete.
   kubectl delete -f manifests/examples/ --wait=true --timeout=60s >/dev/null &&
     ! kubectl -n kube-public get configmap local-registry-hosting >/dev/null 2>&1 &&
+    [ "$(kubectl get clusterrolebindings -o name | grep -c 'berth:registry:')" = 0 ] &&
     ! grep -qi forbidden "$work/operator.log"
 }
 check "deleting the examples runs their finalizers under the ServiceAccount" examples_delete

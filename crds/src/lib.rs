@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+pub use berth_registry::config::{AccessRule, Action, Anonymous};
 use berth_registry::config::{LimitsConfig, ManifestsConfig};
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -34,6 +35,7 @@ pub const DEGRADED: &str = "Degraded";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self.replicas <= 1 || self.storage.accessModes.exists(m, m == 'ReadWriteMany')").message("more than one replica needs storage.accessModes to include ReadWriteMany"))]
+#[x_kube(validation = Rule::new("!has(self.tls) || !has(self.nodeAccess) || !self.nodeAccess.enabled").message("nodeAccess serves plain HTTP on the nodes' localhost and cannot forward to a TLS registry yet; turn one off"))]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySpec {
     /// Number of registry pods. More than one needs ReadWriteMany storage.
@@ -80,6 +82,115 @@ pub struct RegistrySpec {
     /// Lets every node's container runtime pull `localhost:<port>/<image>` from this registry.
     #[serde(default)]
     pub node_access: NodeAccessSpec,
+    /// Who may pull, push and delete. Absent, nobody may do anything without
+    /// credentials, and Kubernetes tokens are accepted with access decided by RBAC.
+    #[serde(default)]
+    pub auth: AuthSpec,
+    /// Serve HTTPS with the certificate of a `kubernetes.io/tls` Secret; plain HTTP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// Access control. Clients authenticate with a Kubernetes token (a ServiceAccount's,
+/// or a user's from `kubectl create token`) issued for `status.audience`, whose
+/// access RBAC decides (see `manifests/access.yaml`), or with a user and password
+/// from an htpasswd file, whose access the rules under `htpasswd.access` decide.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.anonymous != 'none' || self.kubernetes.enabled || has(self.htpasswd)").message("auth: with anonymous none, enable kubernetes or htpasswd, or nobody can use the registry"))]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// What a client without credentials may do: `none` (the default), `pull`, or
+    /// `all`, which lets anyone who reaches the Service push and delete: for
+    /// throwaway development clusters only.
+    #[serde(default = "no_anonymous_access")]
+    pub anonymous: Anonymous,
+    /// Kubernetes tokens, checked with a TokenReview; access decided by RBAC
+    /// through SubjectAccessReviews.
+    #[serde(default)]
+    pub kubernetes: KubernetesAuthSpec,
+    /// Users and bcrypt password hashes from an htpasswd file in a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<HtpasswdSpec>,
+    /// Seconds an identity or an access decision is remembered: a revoked
+    /// RoleBinding or a deleted ServiceAccount may be honoured this long.
+    #[serde(default = "default_cache_secs")]
+    #[schemars(with = "i64", range(min = 0, max = 300))]
+    pub cache_secs: u64,
+}
+
+impl Default for AuthSpec {
+    fn default() -> Self {
+        AuthSpec {
+            anonymous: no_anonymous_access(),
+            kubernetes: KubernetesAuthSpec::default(),
+            htpasswd: None,
+            cache_secs: default_cache_secs(),
+        }
+    }
+}
+
+fn no_anonymous_access() -> Anonymous {
+    Anonymous::None
+}
+
+fn default_cache_secs() -> u64 {
+    10
+}
+
+/// Kubernetes tokens. The registry pod gets a ServiceAccount `<name>-registry`
+/// bound to `system:auth-delegator`, which lets it create TokenReviews and
+/// SubjectAccessReviews and nothing else.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesAuthSpec {
+    /// Accept Kubernetes tokens.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The audience tokens must be issued for (`kubectl create token --audience`);
+    /// defaults to `berth.dev/<namespace>/<name>`. Tokens for the API server's own
+    /// audience are refused, so they cannot be replayed in either direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) > 0").message("auth.kubernetes.audience must not be empty"))]
+    pub audience: Option<String>,
+}
+
+impl Default for KubernetesAuthSpec {
+    fn default() -> Self {
+        KubernetesAuthSpec { enabled: true, audience: None }
+    }
+}
+
+/// An htpasswd file (`user:$2y$...` lines, bcrypt only) in a Secret of the
+/// Registry's namespace. Changes to the Secret reach the registry without a restart.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.access) || self.access.all(r, size(r.users) > 0 && size(r.repositories) > 0 && size(r.actions) > 0)").message("auth.htpasswd.access: every rule names users, repositories and actions"))]
+#[serde(rename_all = "camelCase")]
+pub struct HtpasswdSpec {
+    /// The Secret.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("auth.htpasswd.secretName must not be empty"))]
+    pub secret_name: String,
+    /// The key in the Secret that holds the file.
+    #[serde(default = "default_htpasswd_key")]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$') && !self.startsWith('..') && self != '.'").message("auth.htpasswd.key must be a Secret key: letters, digits, '-', '_' and '.'"))]
+    pub key: String,
+    /// Who may do what. Rules add up; what no rule grants is denied. Empty: every
+    /// htpasswd user may pull, push and delete everywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<AccessRule>,
+}
+
+fn default_htpasswd_key() -> String {
+    "htpasswd".into()
+}
+
+/// HTTPS (HTTP/2 through ALPN). Certificate renewals reach the registry without a restart.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A `kubernetes.io/tls` Secret in the Registry's namespace, with `tls.crt`
+    /// (the chain, leaf first) and `tls.key`, as cert-manager writes it.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("tls.secretName must not be empty"))]
+    pub secret_name: String,
 }
 
 /// Node access: a DaemonSet with host networking listens on `127.0.0.1:<port>` on
@@ -242,6 +353,10 @@ pub struct RegistryStatus {
     /// Where the registry answers inside the cluster: `<service>.<namespace>.svc:<port>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The audience Kubernetes tokens must be created for, while Kubernetes
+    /// authentication is on: `kubectl create token <sa> --audience <this>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }
 
 /// The CRD as YAML, as committed in `manifests/crds/`.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use berth_crds::{Registry, RetentionPolicy};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -148,9 +149,21 @@ where
     }
 }
 
-fn marked_for(reg: &Registry) -> impl Fn(&ConfigMap) -> bool + '_ {
-    move |cm| {
-        cm.metadata.annotations.as_ref().and_then(|a| a.get(OWNER_UID)).map(String::as_str) == reg.uid().as_deref()
+/// True for an object marked with this Registry's uid (objects it cannot own).
+fn marked_for<K: Resource>(reg: &Registry) -> impl Fn(&K) -> bool + '_ {
+    move |obj| {
+        obj.meta().annotations.as_ref().and_then(|a| a.get(OWNER_UID)).map(String::as_str) == reg.uid().as_deref()
+    }
+}
+
+/// The ClusterRoleBinding that lets the registry review tokens, present exactly
+/// while `spec.auth.kubernetes.enabled`.
+async fn review_binding(ctx: &Context, reg: &Registry) -> Result<Change> {
+    let bindings = Api::<ClusterRoleBinding>::all(ctx.client.clone());
+    if resources::kubernetes_auth(reg) {
+        apply_if_changed(ctx, &bindings, resources::cluster_role_binding(reg)).await
+    } else {
+        remove_if_ours(ctx, &bindings, &resources::cluster_role_binding_name(reg), marked_for(reg)).await
     }
 }
 
@@ -215,6 +228,10 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
         let steps = async {
             let cm = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
             changes.push(("ConfigMap", apply_if_changed(ctx, &cm, resources::config_map(reg)).await?));
+            // The account and its binding before the pods that use them.
+            let accounts = Api::<ServiceAccount>::namespaced(client.clone(), &namespace);
+            changes.push(("ServiceAccount", apply_if_changed(ctx, &accounts, resources::service_account(reg)).await?));
+            changes.push(("ClusterRoleBinding", review_binding(ctx, reg).await?));
             changes.push((
                 "Deployment",
                 apply_if_changed(ctx, &deployments, resources::deployment(reg, &ctx.image)).await?,
@@ -277,17 +294,24 @@ async fn write_status(
     }
     ctx.metrics.writes.inc();
     let api = Api::<Registry>::namespaced(ctx.client.clone(), &reg.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": status });
+    let mut patch = serde_json::json!({ "status": status });
+    // A merge patch leaves out what it does not mention: a field that went away is nulled.
+    if status.audience.is_none() {
+        patch["status"]["audience"] = serde_json::Value::Null;
+    }
     api.patch_status(&reg.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
 }
 
-/// On deletion: delete the claim if the retention policy says so; owned objects
-/// are garbage-collected through their owner references.
+/// On deletion: delete the objects outside the Registry's namespace, and the
+/// claim if the retention policy says so; owned objects are garbage-collected
+/// through their owner references.
 async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action> {
     let (hosting_ns, hosting_name) = resources::LOCAL_REGISTRY_HOSTING;
     let hosting = Api::<ConfigMap>::namespaced(ctx.client.clone(), hosting_ns);
     remove_if_ours(ctx, &hosting, hosting_name, marked_for(reg)).await?;
+    let bindings = Api::<ClusterRoleBinding>::all(ctx.client.clone());
+    remove_if_ours(ctx, &bindings, &resources::cluster_role_binding_name(reg), marked_for(reg)).await?;
     if reg.spec.storage.retention_policy == RetentionPolicy::Delete {
         let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &reg.namespace().unwrap_or_default());
         let name = resources::claim_name(reg);

@@ -1,6 +1,7 @@
 //! berth-operator: reconciles `Registry` resources (berth.dev/v1alpha1) into a
 //! ConfigMap with the registry's configuration, a PersistentVolumeClaim, a
-//! Deployment and a Service.
+//! ServiceAccount (with a ClusterRoleBinding to review tokens), a Deployment
+//! and a Service.
 
 pub mod controller;
 pub mod error;

@@ -18,6 +18,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
+mod auth;
+pub use auth::{
+    audience, auth_config, cluster_role_binding, cluster_role_binding_name, kubernetes_auth, service_account,
+    service_account_name, tls_config,
+};
+
 /// Where the registry listens inside its container.
 pub const REGISTRY_PORT: i32 = 5000;
 pub const CONFIG_DIR: &str = "/etc/berth";
@@ -70,6 +76,8 @@ pub fn registry_config(reg: &Registry) -> Config {
         read_only: reg.spec.read_only,
         manifests: reg.spec.manifests.clone(),
         limits: reg.spec.limits.clone(),
+        auth: auth_config(reg),
+        tls: tls_config(reg),
         ..Config::default()
     };
     config.storage.root = DATA_DIR.into();
@@ -133,65 +141,78 @@ pub fn claim(reg: &Registry) -> PersistentVolumeClaim {
     }
 }
 
+/// The readiness and liveness probe: `/healthz` answers without credentials,
+/// `/v2/` does not once access control is on.
+fn probe(reg: &Registry, initial_delay: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::String(auth::port_name(reg).into()),
+            scheme: Some(auth::probe_scheme(reg).into()),
+            ..Default::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(10),
+        ..Default::default()
+    }
+}
+
+/// The pod's volumes and the registry container's mounts: config, data, and
+/// the Secrets the Registry names.
+fn volumes(reg: &Registry) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let config = Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource { name: config_map_name(reg), ..Default::default() }),
+        ..Default::default()
+    };
+    let config_mount = VolumeMount {
+        name: "config".into(),
+        mount_path: CONFIG_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let data = Volume {
+        name: "data".into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: claim_name(reg),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let data_mount = VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..Default::default() };
+    [(config, config_mount), (data, data_mount)].into_iter().chain(auth::secret_volumes(reg)).unzip()
+}
+
 pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
     let spec = &reg.spec;
     let config = registry_config(reg).to_yaml();
     let mut annotations = spec.pod_annotations.clone();
     annotations.insert(CONFIG_HASH.to_owned(), sha256_hex(config.as_bytes()));
-    let probe = |initial: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/v2/".into()),
-            port: IntOrString::String("http".into()),
-            ..Default::default()
-        }),
-        initial_delay_seconds: Some(initial),
-        period_seconds: Some(10),
-        ..Default::default()
-    };
+    let (volumes, mounts) = volumes(reg);
     let container = Container {
         name: "registry".into(),
         image: Some(spec.image.clone().unwrap_or_else(|| default_image.to_owned())),
         command: Some(vec!["berth-registry".into()]),
         args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/{CONFIG_FILE}")]),
         ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
+            name: Some(auth::port_name(reg).into()),
             container_port: REGISTRY_PORT,
             ..Default::default()
         }]),
-        readiness_probe: Some(probe(1)),
-        liveness_probe: Some(probe(10)),
+        readiness_probe: Some(probe(reg, 1)),
+        liveness_probe: Some(probe(reg, 10)),
         resources: spec.resources.clone(),
         security_context: Some(hardened()),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "config".into(),
-                mount_path: CONFIG_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..Default::default() },
-        ]),
+        volume_mounts: Some(mounts),
         ..Default::default()
     };
     let pod = PodSpec {
         containers: vec![container],
-        automount_service_account_token: Some(false),
+        service_account_name: Some(service_account_name(reg)),
+        // API credentials only to review the tokens clients send.
+        automount_service_account_token: Some(kubernetes_auth(reg)),
         security_context: Some(pod_security()),
-        volumes: Some(vec![
-            Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource { name: config_map_name(reg), ..Default::default() }),
-                ..Default::default()
-            },
-            Volume {
-                name: "data".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: claim_name(reg),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ]),
+        volumes: Some(volumes),
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
         affinity: spec.affinity.clone(),
@@ -222,15 +243,17 @@ pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
 }
 
 pub fn service(reg: &Registry) -> Service {
+    let port = auth::port_name(reg);
     Service {
         metadata: meta(reg, reg.name_any(), true),
         spec: Some(ServiceSpec {
             type_: Some(reg.spec.service.type_.as_str().into()),
             selector: Some(labels(reg)),
             ports: Some(vec![ServicePort {
-                name: Some("http".into()),
+                name: Some(port.into()),
                 port: reg.spec.service.port,
-                target_port: Some(IntOrString::String("http".into())),
+                target_port: Some(IntOrString::String(port.into())),
+                app_protocol: reg.spec.tls.is_some().then(|| "https".into()),
                 ..Default::default()
             }]),
             ..Default::default()

@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::resources::endpoint;
+use crate::resources::{audience, endpoint, kubernetes_auth};
 
 fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>, now: &Time) -> Condition {
     Condition {
@@ -67,7 +67,13 @@ pub fn desired(reg: &Registry, deployment: Option<&Deployment>, problem: Option<
             c
         })
         .collect();
-    RegistryStatus { observed_generation: generation, conditions, ready_replicas: ready, endpoint: Some(endpoint(reg)) }
+    RegistryStatus {
+        observed_generation: generation,
+        conditions,
+        ready_replicas: ready,
+        endpoint: Some(endpoint(reg)),
+        audience: kubernetes_auth(reg).then(|| audience(reg)),
+    }
 }
 
 /// The name used in log lines and events.
@@ -115,6 +121,14 @@ mod tests {
         assert_eq!(get(&s, DEGRADED).status, "False");
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.endpoint.as_deref(), Some("r.ns.svc:5000"));
+        assert_eq!(s.audience.as_deref(), Some("berth.dev/ns/r"), "Kubernetes auth is on by default");
+    }
+
+    #[test]
+    fn no_audience_without_kubernetes_auth() {
+        let mut reg = registry();
+        reg.spec.auth.kubernetes.enabled = false;
+        assert_eq!(desired(&reg, None, None, now(1)).audience, None);
     }
 
     #[test]

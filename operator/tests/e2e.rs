@@ -251,14 +251,181 @@ fn retention_delete_and_foreign_claims() {
     assert!(json(&cp, &["get", "deployment", "taken"]).is_none(), "a Deployment would mount someone else's claim");
 }
 
+/// What the registry's own ServiceAccount may do, as the API server decides it
+/// for a token of that account (its user name and groups, by impersonation).
+fn registry_account_can(cp: &ControlPlane, account: &str, verb: &str, resource: &str) -> bool {
+    let user = format!("--as=system:serviceaccount:default:{account}");
+    let out = cp
+        .kubectl()
+        .args(["auth", "can-i", verb, resource, &user])
+        .args(["--as-group=system:serviceaccounts", "--as-group=system:serviceaccounts:default"])
+        .args(["--as-group=system:authenticated"])
+        .output()
+        .unwrap();
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!("kubectl auth can-i: {other} {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+#[test]
+fn access_control_and_tls() {
+    let (cp, _op) = setup();
+    // The Secrets as a user (or cert-manager) creates them, with placeholder content:
+    // the operator never reads them, and no kubelet runs here.
+    cp.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: users}\nstringData: {creds: 'ci:$2y$05$abcdefghijklmnopqrstuu5UuJqUuJqUuJqUuJqUuJqUuJqUuJqUu'}\n");
+    cp.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: cert}\ntype: kubernetes.io/tls\nstringData: {tls.crt: not-a-cert, tls.key: not-a-key}\n");
+    let spec = "{auth: {anonymous: pull, cacheSecs: 30, kubernetes: {enabled: true}, htpasswd: {secretName: users, key: creds, access: [{users: [ci], repositories: ['team/*'], actions: [pull, push]}]}}, tls: {secretName: cert}}";
+    cp.apply(&registry("secure", spec));
+    let d = wait_for(&cp, &["get", "deployment", "secure"]);
+    let reg =
+        eventually(60, || json(&cp, &["get", "registry", "secure"]).filter(|r| r["status"]["audience"].is_string()))
+            .expect("status.audience written");
+    assert_eq!(reg["status"]["audience"], "berth.dev/default/secure");
+    let uid = reg["metadata"]["uid"].as_str().unwrap().to_owned();
+
+    // The registry's config says what the spec says.
+    let cm = json(&cp, &["get", "configmap", "secure-config"]).unwrap();
+    let config = berth_registry::Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(config.auth.anonymous, berth_registry::config::Anonymous::Pull);
+    assert_eq!(config.auth.cache_secs, 30);
+    assert_eq!(config.auth.realm, "secure");
+    assert_eq!(config.auth.kubernetes.as_ref().unwrap().audience, "berth.dev/default/secure");
+    let htpasswd = config.auth.htpasswd.as_ref().unwrap();
+    assert_eq!(htpasswd.path, PathBuf::from("/etc/berth/htpasswd/creds"));
+    assert_eq!(htpasswd.access[0].repositories, ["team/*"]);
+    let tls = config.tls.as_ref().unwrap();
+    assert_eq!(
+        (tls.cert_file.to_str(), tls.key_file.to_str()),
+        (Some("/etc/berth/tls/tls.crt"), Some("/etc/berth/tls/tls.key"))
+    );
+
+    // The pod mounts both Secrets read-only, runs as its account, with a token.
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "secure-registry");
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    let volume = |name: &str| pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == name).cloned();
+    assert_eq!(volume("htpasswd").unwrap()["secret"]["secretName"], "users");
+    assert_eq!(volume("htpasswd").unwrap()["secret"]["items"], serde_json::json!([{"key": "creds", "path": "creds"}]));
+    assert_eq!(volume("tls").unwrap()["secret"]["secretName"], "cert");
+    let container = &pod["containers"][0];
+    let mount = |name: &str| container["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == name).cloned();
+    assert_eq!(mount("htpasswd").unwrap()["mountPath"], "/etc/berth/htpasswd");
+    assert_eq!(mount("htpasswd").unwrap()["readOnly"], true);
+    assert_eq!(mount("tls").unwrap()["mountPath"], "/etc/berth/tls");
+    assert_eq!(mount("tls").unwrap()["readOnly"], true);
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
+    let svc = json(&cp, &["get", "service", "secure"]).unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["appProtocol"], "https");
+
+    // The account is the Registry's and mounts nothing by itself; the binding is marked.
+    let sa = json(&cp, &["get", "serviceaccount", "secure-registry"]).unwrap();
+    assert_eq!(sa["metadata"]["ownerReferences"][0]["uid"], uid.as_str());
+    assert_eq!(sa["automountServiceAccountToken"], false);
+    let crb = json(&cp, &["get", "clusterrolebinding", "berth:registry:default:secure"]).unwrap();
+    assert_eq!(crb["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(crb["roleRef"]["name"], "system:auth-delegator");
+    assert_eq!(
+        crb["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "secure-registry", "namespace": "default"}])
+    );
+    assert_eq!(crb["metadata"]["annotations"]["berth.dev/registry-uid"], uid.as_str());
+
+    // The registry's account may do exactly its reviews.
+    let can = |verb: &str, resource: &str| registry_account_can(&cp, "secure-registry", verb, resource);
+    assert!(
+        eventually(30, || can("create", "tokenreviews.authentication.k8s.io").then_some(())).is_some(),
+        "the registry cannot review tokens"
+    );
+    assert!(can("create", "subjectaccessreviews.authorization.k8s.io"));
+    assert!(!can("get", "secrets"));
+    assert!(!can("list", "pods"));
+    assert!(!can("create", "deployments.apps"));
+    assert!(!can("create", "clusterrolebindings.rbac.authorization.k8s.io"));
+
+    // Kubernetes authentication off: the binding goes, the pod gets no token.
+    let set_kubernetes = |enabled: bool| {
+        let patch = format!(r#"{{"spec":{{"auth":{{"kubernetes":{{"enabled":{enabled}}}}}}}}}"#);
+        cp.kubectl_ok(&["patch", "registry", "secure", "--type", "merge", "-p", &patch]);
+    };
+    set_kubernetes(false);
+    let gone = |cp: &ControlPlane| {
+        eventually(60, || {
+            json(cp, &["get", "clusterrolebinding", "berth:registry:default:secure"]).is_none().then_some(())
+        })
+    };
+    assert!(gone(&cp).is_some(), "the binding outlived Kubernetes authentication");
+    let automount = eventually(60, || {
+        let d = json(&cp, &["get", "deployment", "secure"])?;
+        (d["spec"]["template"]["spec"]["automountServiceAccountToken"] == false).then_some(d)
+    });
+    assert!(automount.is_some(), "the pod still mounts a token");
+    let cm = json(&cp, &["get", "configmap", "secure-config"]).unwrap();
+    let config = berth_registry::Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert!(config.auth.kubernetes.is_none());
+    assert!(
+        eventually(30, || json(&cp, &["get", "registry", "secure"])?["status"]["audience"].is_null().then_some(()))
+            .is_some(),
+        "status.audience kept after Kubernetes authentication was switched off"
+    );
+    assert!(eventually(30, || (!can("create", "tokenreviews.authentication.k8s.io")).then_some(())).is_some());
+    let events =
+        json(&cp, &["get", "events", "--field-selector", "involvedObject.kind=Registry,involvedObject.name=secure"])
+            .unwrap();
+    let notes: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
+    for note in ["created ServiceAccount", "created ClusterRoleBinding", "deleted ClusterRoleBinding"] {
+        assert!(notes.contains(&note), "no event {note:?}: {notes:?}");
+    }
+
+    // Back on, then the Registry deleted: the finalizer removes the binding.
+    set_kubernetes(true);
+    wait_for(&cp, &["get", "clusterrolebinding", "berth:registry:default:secure"]);
+    cp.kubectl_ok(&["delete", "registry", "secure", "--wait=true", "--timeout=60s"]);
+    assert!(
+        json(&cp, &["get", "clusterrolebinding", "berth:registry:default:secure"]).is_none(),
+        "binding left after deletion"
+    );
+    assert!(
+        eventually(60, || json(&cp, &["get", "serviceaccount", "secure-registry"]).is_none().then_some(())).is_some(),
+        "ServiceAccount not collected"
+    );
+
+    // The API server refuses what cannot work.
+    let refused = |spec: &str, message: &str| {
+        let out = cp.kubectl_with_input(&["apply", "-f", "-"], &registry("bad", spec));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(message), "{spec} not refused with {message:?}: {stderr}");
+    };
+    refused(
+        "{tls: {secretName: cert}, nodeAccess: {enabled: true}}",
+        "nodeAccess serves plain HTTP on the nodes' localhost and cannot forward to a TLS registry yet; turn one off",
+    );
+    refused("{auth: {kubernetes: {enabled: false}}}", "nobody can use the registry");
+    refused(
+        "{auth: {htpasswd: {secretName: users, access: [{users: [], repositories: ['*'], actions: [pull]}]}}}",
+        "every rule names users, repositories and actions",
+    );
+    refused("{auth: {cacheSecs: 301}}", "cacheSecs");
+    refused("{auth: {anonymous: everyone}}", "anonymous");
+    // Each on its own is fine.
+    cp.apply(&registry("plain-nodes", "{nodeAccess: {enabled: true, port: 5998}}"));
+    cp.apply(&registry("tls-only", "{tls: {secretName: cert}}"));
+}
+
 /// Plays the kubelet for the registry pod: runs `berth-registry` with exactly the
 /// command, args and user the operator rendered, with the ConfigMap's content at
 /// the mounted config path and an empty directory as the volume (in a private
-/// mount and network namespace), then pushes and pulls an image with crane.
+/// mount and network namespace), asks the path the rendered probes ask, then
+/// pushes and pulls an image with crane.
 #[test]
 fn the_rendered_pod_runs_the_registry() {
     let (cp, _op) = setup();
-    cp.apply(&registry("play", "{}"));
+    // An open registry, as before access control: this test is about the pod spec,
+    // volumes and user; Kubernetes authentication would need an API server the
+    // registry can reach from here and a token.
+    cp.apply(&registry("play", "{auth: {anonymous: all, kubernetes: {enabled: false}}}"));
     let d = wait_for(&cp, &["get", "deployment", "play"]);
     let cm = wait_for(&cp, &["get", "configmap", "play-config"]);
     let pod = &d["spec"]["template"]["spec"];
@@ -266,6 +433,9 @@ fn the_rendered_pod_runs_the_registry() {
     let strings = |v: &Value| v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect::<Vec<_>>();
     let command = [strings(&container["command"]), strings(&container["args"])].concat();
     let user = container["securityContext"]["runAsUser"].as_i64().unwrap();
+    let probe = &container["readinessProbe"]["httpGet"];
+    assert_eq!(probe["scheme"], "HTTP");
+    let probe_path = probe["path"].as_str().unwrap().to_owned();
     let mounts: Vec<(String, String)> = container["volumeMounts"]
         .as_array()
         .unwrap()
@@ -312,7 +482,8 @@ ip link set lo up
 export PATH='{bin}':$PATH
 chmod 755 '{work}' '{bin}'
 setpriv --reuid {user} --regid {user} --clear-groups {command} > '{work}/registry.log' 2>&1 &
-for i in $(seq 1 100); do curl -fs http://127.0.0.1:5000/v2/ >/dev/null && break; sleep 0.1; done
+for i in $(seq 1 100); do curl -fs http://127.0.0.1:5000{probe_path} >/dev/null && break; sleep 0.1; done
+curl -fsS http://127.0.0.1:5000{probe_path} >/dev/null
 cd '{work}' && tar -cf layer.tar layer.txt
 '{crane}' append -f layer.tar -t 127.0.0.1:5000/play/app:v1 > pushed.txt 2>/dev/null
 '{crane}' export 127.0.0.1:5000/play/app:v1 - | tar -xO layer.txt

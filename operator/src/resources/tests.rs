@@ -59,7 +59,9 @@ fn deployment_is_hardened_and_mounts_config_and_claim() {
     let volumes = pod.volumes.unwrap();
     assert_eq!(volumes[0].config_map.as_ref().unwrap().name, "cache-config");
     assert_eq!(volumes[1].persistent_volume_claim.as_ref().unwrap().claim_name, "cache-data");
-    assert_eq!(pod.automount_service_account_token, Some(false));
+    // Kubernetes authentication is on by default: the registry reviews tokens.
+    assert_eq!(pod.service_account_name.as_deref(), Some("cache-registry"));
+    assert_eq!(pod.automount_service_account_token, Some(true));
 }
 
 #[test]
@@ -127,6 +129,8 @@ fn node_access_forwards_from_node_loopback_to_the_service() {
     assert_eq!(ds.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
     let pod = ds.spec.template.spec.unwrap();
     assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.automount_service_account_token, Some(false), "the forwarder needs no API access");
+    assert!(pod.service_account_name.is_none());
     assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
     let c = &pod.containers[0];
     assert_eq!(
