@@ -75,10 +75,24 @@ minimal_ready() {
 }
 check "examples/minimal.yaml: the Registry is Ready with 1 ready replica" minimal_ready
 
+# The minimal Registry lets no stranger in: CI pushes with a ServiceAccount token of
+# namespace `team` (repositories team/...), bound to the shipped berth-push role; the
+# registry pod checks it with a TokenReview and a SubjectAccessReview of its own.
+identities() {
+  local audience
+  audience=$(kubectl get registry registry -o 'jsonpath={.status.audience}')
+  [ "$audience" = berth.dev/default/registry ] || { echo "status.audience is '$audience'"; return 1; }
+  kubectl create namespace team >/dev/null && kubectl -n team create serviceaccount ci >/dev/null &&
+    kubectl -n team create rolebinding ci-push --clusterrole=berth-push --serviceaccount=team:ci >/dev/null &&
+    token=$(kubectl -n team create token ci --audience "$audience" --duration 2h) &&
+    acopy=("${copy[@]}" --src-creds "ci:$token" --dest-creds "ci:$token")
+}
+check "a ServiceAccount of namespace team gets a token for the Registry's audience" identities
+
 svc=$(kubectl get svc registry -o 'jsonpath={.spec.clusterIP}'):5000
 # A pod that just became Ready is behind the Service IP once kube-proxy has synced.
 service_up() {
-  for _ in $(seq 1 100); do in_node curl -fsS -o /dev/null "http://$svc/v2/" 2>/dev/null && return 0; sleep 0.2; done
+  for _ in $(seq 1 100); do in_node curl -fsS -o /dev/null "http://$svc/healthz" 2>/dev/null && return 0; sleep 0.2; done
   echo "the Service $svc does not answer"; return 1
 }
 # Test images: busybox, which prints what it is told; a multi-arch index of it.
@@ -91,7 +105,10 @@ blob_sums() { (cd "$1/blobs" && find . -type f -print0 | sort -z | xargs -0 sha2
 
 push_and_pull_back() {
   service_up || return 1
-  mkimg "$work/app" && in_node "${copy[@]}" "oci:$work/app" "docker://$svc/team/app:1" || return 1
+  mkimg "$work/app" || return 1
+  ! in_node "${copy[@]}" "oci:$work/app" "docker://$svc/team/app:1" 2>"$work/anon.err" || { echo "an anonymous push was taken"; return 1; }
+  grep -qi unauthorized "$work/anon.err" || { cat "$work/anon.err"; return 1; }
+  in_node "${acopy[@]}" "oci:$work/app" "docker://$svc/team/app:1" || return 1
   # Back through kubectl port-forward: API server -> egress proxy -> kubelet -> pod.
   kubectl port-forward svc/registry :5000 >"$work/pf.log" 2>&1 &
   pf_pid=$!
@@ -101,18 +118,19 @@ push_and_pull_back() {
     [ -n "$port" ] && break; sleep 0.1
   done
   [ -n "$port" ] || { cat "$work/pf.log"; return 1; }
-  "${copy[@]}" "docker://127.0.0.1:$port/team/app:1" "oci:$work/app-back" || return 1
+  "${acopy[@]}" "docker://127.0.0.1:$port/team/app:1" "oci:$work/app-back" || return 1
   kill "$pf_pid"; pf_pid=""
   diff <(blob_sums "$work/app") <(blob_sums "$work/app-back")
 }
 check "an image pushed through the Service is pulled back byte-exact (port-forward)" push_and_pull_back
 
-pod_runs() { # NAME IMAGE: the pod is Running and its log shows the program ran
+pod_runs() { # NAME IMAGE: the pod (pulling with the secret `pull`) is Running and its log shows the program ran
   kubectl apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Pod
 metadata: {name: $1, namespace: default}
 spec:
+  imagePullSecrets: [{name: pull}]
   containers:
   - {name: app, image: "$2", command: [sh, -c, "echo $1 ran; sleep 3600"]}
 YAML
@@ -127,14 +145,33 @@ node_access() {
     kubectl get ds -o wide; kubectl describe pods -l app.kubernetes.io/component=node-access; return 1
   fi
   kubectl -n kube-public get configmap local-registry-hosting -o 'jsonpath={.data.localRegistryHosting\.v1}' | grep -q 'localhost:5001' &&
+    kubectl create secret docker-registry pull --docker-server=localhost:5001 --docker-username=ci \
+      --docker-password="$token" >/dev/null &&
     pod_runs from-node-access localhost:5001/team/app:1
 }
-check "node access: a pod runs from localhost:5001/team/app:1" node_access
+check "node access: a pod with an imagePullSecrets token runs from localhost:5001/team/app:1" node_access
+
+# Anonymous pull is off by default: the same image without the secret fails to pull.
+no_secret_no_pull() {
+  kubectl run no-secret --image localhost:5001/team/app:1 --restart Never --command -- sh -c 'echo ran' >/dev/null ||
+    return 1
+  local reason=""
+  for _ in $(seq 1 60); do
+    reason=$(kubectl get pod no-secret -o 'jsonpath={.status.containerStatuses[0].state.waiting.reason}')
+    case "$reason" in ErrImagePull | ImagePullBackOff) break ;; esac
+    sleep 1
+  done
+  kubectl get events --field-selector involvedObject.name=no-secret -o 'jsonpath={.items[*].message}' >"$work/no-secret.events"
+  kubectl delete pod no-secret --wait=false >/dev/null
+  case "$reason" in ErrImagePull | ImagePullBackOff) ;; *) echo "pod state: '$reason'"; return 1 ;; esac
+  grep -qi 'no basic auth credentials\|unauthorized\|401' "$work/no-secret.events" || { cat "$work/no-secret.events"; return 1; }
+}
+check "node access: a pod without the secret fails with ErrImagePull (no credentials for the challenge)" no_secret_no_pull
 
 multi_arch() {
   mkimg "$work/multi" --arch amd64 --arch arm64 &&
-    in_node "${copy[@]}" --all "oci:$work/multi" "docker://$svc/team/multi:1" &&
-    [ "$(in_node skopeo inspect --raw --tls-verify=false "docker://$svc/team/multi:1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["manifests"]))')" = 2 ] &&
+    in_node "${acopy[@]}" --all "oci:$work/multi" "docker://$svc/team/multi:1" &&
+    [ "$(in_node skopeo inspect --raw --tls-verify=false --creds "ci:$token" "docker://$svc/team/multi:1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["manifests"]))')" = 2 ] &&
     pod_runs from-index localhost:5001/team/multi:1
 }
 check "node access: a pod runs from a multi-arch index pushed with skopeo --all" multi_arch
@@ -142,7 +179,7 @@ check "node access: a pod runs from a multi-arch index pushed with skopeo --all"
 registry_pod() { kubectl get pods -l app.kubernetes.io/instance=registry,!app.kubernetes.io/component -o 'jsonpath={.items[0].metadata.name}'; }
 all_images_intact() {
   service_up || return 1
-  in_node "${copy[@]}" "docker://$svc/team/app:1" "oci:$work/check-$1" || return 1
+  in_node "${acopy[@]}" "docker://$svc/team/app:1" "oci:$work/check-$1" || return 1
   diff <(blob_sums "$work/app") <(blob_sums "$work/check-$1")
 }
 config_change_rolls() {
@@ -167,7 +204,7 @@ kill_9_loses_nothing() {
   : >"$work/acked"
   (for i in $(seq 1 60); do
      head -c 262144 /dev/urandom >"$work/k$i.bin"
-     mkimg "$work/k$i" --file "$work/k$i.bin:/data" >/dev/null 2>&1 && in_node "${copy[@]}" --retry-times 0 "oci:$work/k$i" "docker://$svc/team/k:$i" 2>/dev/null &&
+     mkimg "$work/k$i" --file "$work/k$i.bin:/data" >/dev/null 2>&1 && in_node "${acopy[@]}" --retry-times 0 "oci:$work/k$i" "docker://$svc/team/k:$i" 2>/dev/null &&
        echo "$i" >>"$work/acked"
    done) &
   local loop=$!
@@ -187,7 +224,7 @@ kill_9_loses_nothing() {
   echo "$(wc -l <"$work/acked") pushes acknowledged around the kill"
   [ ${#acked[@]} -gt 0 ] || return 1
   for i in "${acked[@]}"; do
-    if ! in_node "${copy[@]}" "docker://$svc/team/k:$i" "oci:$work/kback$i" ||
+    if ! in_node "${acopy[@]}" "docker://$svc/team/k:$i" "oci:$work/kback$i" ||
       ! diff <(blob_sums "$work/k$i") <(blob_sums "$work/kback$i") >/dev/null; then
       echo "lost team/k:$i"; return 1
     fi
@@ -204,6 +241,7 @@ delete_cleans_up() {
   [ -z "$(kubectl get pods -l app.kubernetes.io/instance=registry -o name)" ] || { echo "pods left"; return 1; }
   ! kubectl get daemonset registry-node-access >/dev/null 2>&1 || { echo "DaemonSet left"; return 1; }
   ! kubectl -n kube-public get configmap local-registry-hosting >/dev/null 2>&1 || { echo "ConfigMap left"; return 1; }
+  ! kubectl get clusterrolebinding berth:registry:default:registry >/dev/null 2>&1 || { echo "review binding left"; return 1; }
   kubectl get pvc registry-data >/dev/null || { echo "claim with retentionPolicy Retain was deleted"; return 1; }
   kubectl apply -f - >/dev/null <<YAML
 apiVersion: berth.dev/v1alpha1

@@ -23,11 +23,7 @@ const CACHE_SECS: u64 = 2;
 const ROLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/access.yaml");
 
 fn setup(cp: &ControlPlane, dir: &Path) -> PathBuf {
-    let fallback = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: berth-push}\nrules:\n- {apiGroups: [berth.dev], resources: [repositories], verbs: [get, create, update]}\n";
-    match std::fs::read_to_string(ROLES) {
-        Ok(roles) => cp.apply(&roles),
-        Err(_) => cp.apply(fallback),
-    }
+    cp.apply(&std::fs::read_to_string(ROLES).expect("manifests/access.yaml"));
     for ns in ["berth", "team-a", "team-b"] {
         cp.kubectl_ok(&["create", "namespace", ns]);
     }
