@@ -12,6 +12,7 @@ source "$(dirname "$0")/lib/common.sh"
 # shellcheck source=tests/lib/procs.sh
 source "$(dirname "$0")/lib/procs.sh"
 cd "$REPO_ROOT"
+apt_install apache2-utils
 # Fixed paths a node writes to; those absent now must be absent after teardown.
 fixed_paths=(/var/lib/kubelet /run/containerd /var/lib/cni /var/log/containers)
 absent_before=()
@@ -175,6 +176,59 @@ multi_arch() {
     pod_runs from-index localhost:5001/team/multi:1
 }
 check "node access: a pod runs from a multi-arch index pushed with skopeo --all" multi_arch
+
+# A second Registry with htpasswd users and TLS from Secrets: the Secret volumes
+# (nested in the config volume) reach the pod, the HTTPS probes pass, and skopeo
+# pushes over HTTPS, trusting the test CA, as an htpasswd user only.
+refused_401() { # COMMAND...: fails, saying unauthorized
+  if "$@" 2>"$work/refused.err"; then return 1; fi
+  grep -qi unauthorized "$work/refused.err" || { cat "$work/refused.err"; return 1; }
+}
+secure_registry() {
+  local dir="$work/secure" ip=""
+  mkdir -p "$dir/certs.d" && htpasswd -bBc "$dir/htpasswd" alice wonderland 2>/dev/null || return 1
+  kubectl apply -f - >/dev/null <<YAML || return 1
+apiVersion: berth.dev/v1alpha1
+kind: Registry
+metadata: {name: secure, namespace: default}
+spec:
+  auth: {htpasswd: {secretName: secure-users}}
+  tls: {secretName: secure-tls}
+YAML
+  # The certificate names the Service IP, known once the operator made the Service.
+  for _ in $(seq 1 60); do ip=$(kubectl get svc secure -o 'jsonpath={.spec.clusterIP}' 2>/dev/null) && [ -n "$ip" ] && break; sleep 1; done
+  [ -n "$ip" ] || { echo "no Service"; return 1; }
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=test-ca -days 1 \
+    -keyout "$dir/ca.key" -out "$dir/certs.d/ca.crt" 2>/dev/null &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=secure \
+      -keyout "$dir/tls.key" -out "$dir/tls.csr" 2>/dev/null &&
+    openssl x509 -req -in "$dir/tls.csr" -CA "$dir/certs.d/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial -days 1 \
+      -extfile <(printf 'subjectAltName=IP:%s,DNS:secure.default.svc\n' "$ip") -out "$dir/tls.crt" 2>/dev/null &&
+    kubectl create secret generic secure-users --from-file=htpasswd="$dir/htpasswd" >/dev/null &&
+    kubectl create secret tls secure-tls --cert="$dir/tls.crt" --key="$dir/tls.key" >/dev/null || return 1
+  registry_ready secure || return 1
+  # Verified HTTPS through the Service IP, once kube-proxy has synced it.
+  for _ in $(seq 1 100); do
+    in_node curl -fsS --cacert "$dir/certs.d/ca.crt" -o /dev/null "https://$ip:5000/healthz" 2>/dev/null && break; sleep 0.2
+  done
+  local to="docker://$ip:5000/team/app:1" sk=(skopeo copy -q --preserve-digests --dest-cert-dir "$dir/certs.d")
+  refused_401 in_node "${sk[@]}" "oci:$work/app" "$to" || { echo "an anonymous push was not refused with 401"; return 1; }
+  refused_401 in_node "${sk[@]}" --dest-creds alice:wrong "oci:$work/app" "$to" ||
+    { echo "a wrong password was not refused with 401"; return 1; }
+  in_node "${sk[@]}" --dest-creds alice:wonderland "oci:$work/app" "$to" &&
+    in_node skopeo copy -q --src-cert-dir "$dir/certs.d" --src-creds alice:wonderland "$to" "oci:$work/secure-back" &&
+    diff <(blob_sums "$work/app") <(blob_sums "$work/secure-back")
+}
+htpasswd_and_tls() {
+  local rc=0
+  secure_registry || rc=1
+  # Gone, whatever happened, before the kill -9 check looks for the registry's process.
+  kubectl delete registry secure --timeout=120s >/dev/null || rc=1
+  for _ in $(seq 1 60); do [ -z "$(kubectl get pods -l app.kubernetes.io/instance=secure -o name)" ] && return $rc; sleep 1; done
+  echo "the secure Registry's pods are still there"; return 1
+}
+check "a Registry with htpasswd and TLS Secrets: HTTPS probes pass, skopeo pushes over verified HTTPS as an htpasswd user" \
+  htpasswd_and_tls
 
 registry_pod() { kubectl get pods -l app.kubernetes.io/instance=registry,!app.kubernetes.io/component -o 'jsonpath={.items[0].metadata.name}'; }
 all_images_intact() {

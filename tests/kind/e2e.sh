@@ -45,6 +45,7 @@ metadata: {name: registry, namespace: images}
 spec:
   storage: {size: 2Gi}
   nodeAccess: {enabled: true, port: $node_port}
+  auth: {anonymous: pull}        # nodes pull without credentials; pushes need a token
 YAML
 kubectl -n images wait --for=condition=Ready registry/registry --timeout=300s
 kubectl -n images rollout status daemonset/registry-node-access --timeout=180s
@@ -54,9 +55,15 @@ kubectl -n kube-public get configmap local-registry-hosting -o jsonpath='{.data.
 kubectl -n images port-forward service/registry "$forward_port:5000" >/dev/null &
 pf_pid=$!
 for _ in $(seq 1 50); do
-  curl -fsS "http://localhost:$forward_port/v2/" >/dev/null 2>&1 && break
+  curl -fsS "http://localhost:$forward_port/healthz" >/dev/null 2>&1 && break
   sleep 0.2
 done
+# Pushing to demo/... needs push rights in namespace demo.
+kubectl create namespace demo
+kubectl -n demo create serviceaccount ci
+kubectl -n demo create rolebinding ci-push --clusterrole=berth-push --serviceaccount=demo:ci
+kubectl -n demo create token ci --audience "$(kubectl -n images get registry registry -o jsonpath='{.status.audience}')" |
+  docker login "localhost:$forward_port" -u ci --password-stdin
 docker tag "$image" "localhost:$forward_port/demo/berth:$version"
 docker push "localhost:$forward_port/demo/berth:$version"
 
