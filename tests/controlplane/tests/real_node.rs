@@ -63,8 +63,13 @@ fn node_runs_pods_and_teardown_leaves_nothing() {
     });
     let logs = logs.unwrap_or_else(|| panic!("pod never logged:\n{}", cp.kubectl_ok(&["describe", "pod", "probe"])));
     assert!(logs.contains("ran-on-the-node"), "{logs}");
-    let phase = cp.kubectl_ok(&["get", "pod", "probe", "-o", "jsonpath={.status.phase}"]);
-    assert_eq!(phase, "Running");
+    // The kubelet reports the phase after the container has started (and may have
+    // logged), so it is awaited, not read once.
+    let phase = eventually(30, || {
+        let phase = cp.kubectl_ok(&["get", "pod", "probe", "-o", "jsonpath={.status.phase}"]);
+        (phase == "Running").then_some(phase)
+    });
+    assert_eq!(phase.as_deref(), Some("Running"));
 
     // kube-proxy: the kubernetes Service's IP reaches the API server from the node.
     let out = cp.in_node("curl").args(["-sk", "https://10.0.0.1/readyz"]).output().unwrap();
