@@ -359,13 +359,8 @@ AUDIENCE=berth.dev/test/registry
 kubernetes_registry() {
   local out token server ca
   out=$(BERTH_CP_OWNER_PID=$$ "$REPO_ROOT/tests/controlplane/up" "$work/cp") && eval "$out" || return 1
-  kubectl apply -f - >/dev/null <<'ROLE' || return 1
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: berth-push}
-rules:
-- {apiGroups: [berth.dev], resources: [repositories], verbs: [get, create]}
-ROLE
+  # The ClusterRoles users bind, as shipped.
+  kubectl apply -f "$REPO_ROOT/manifests/access.yaml" >/dev/null || return 1
   kubectl create namespace berth >/dev/null &&
     kubectl create namespace team-a >/dev/null &&
     kubectl create namespace team-b >/dev/null &&

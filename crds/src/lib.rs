@@ -151,6 +151,7 @@ pub struct KubernetesAuthSpec {
     /// audience are refused, so they cannot be replayed in either direction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("size(self) > 0").message("auth.kubernetes.audience must not be empty"))]
+    #[x_kube(validation = Rule::new("!self.startsWith('https://kubernetes.default.svc')").message("auth.kubernetes.audience must not be the API server's own audience: every pod's token would log in, and clients would hand API credentials to the registry"))]
     pub audience: Option<String>,
 }
 

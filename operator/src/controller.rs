@@ -156,6 +156,20 @@ fn marked_for<K: Resource>(reg: &Registry) -> impl Fn(&K) -> bool + '_ {
     }
 }
 
+/// The registry's ServiceAccount. One of that name that this Registry did not
+/// create is refused: binding it would hand review rights to another workload,
+/// and owning it would get it garbage-collected with the Registry.
+async fn ensure_account(ctx: &Context, reg: &Registry, api: &Api<ServiceAccount>) -> Result<Change> {
+    let name = resources::service_account_name(reg);
+    if let Some(existing) = api.get_opt(&name).await? {
+        let uid = reg.uid();
+        if !existing.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()) {
+            return Err(Error::ForeignAccount(name));
+        }
+    }
+    apply_if_changed(ctx, api, resources::service_account(reg)).await
+}
+
 /// The ClusterRoleBinding that lets the registry review tokens, present exactly
 /// while `spec.auth.kubernetes.enabled`.
 async fn review_binding(ctx: &Context, reg: &Registry) -> Result<Change> {
@@ -230,7 +244,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
             changes.push(("ConfigMap", apply_if_changed(ctx, &cm, resources::config_map(reg)).await?));
             // The account and its binding before the pods that use them.
             let accounts = Api::<ServiceAccount>::namespaced(client.clone(), &namespace);
-            changes.push(("ServiceAccount", apply_if_changed(ctx, &accounts, resources::service_account(reg)).await?));
+            changes.push(("ServiceAccount", ensure_account(ctx, reg, &accounts).await?));
             changes.push(("ClusterRoleBinding", review_binding(ctx, reg).await?));
             changes.push((
                 "Deployment",

@@ -11,6 +11,9 @@ pub enum Error {
     /// A claim with the Registry's volume name exists but was not created for it.
     #[error("PersistentVolumeClaim {0} exists and does not belong to this Registry; it is left alone")]
     ForeignClaim(String),
+    /// A ServiceAccount with the registry's account name exists but was not created for it.
+    #[error("ServiceAccount {0} exists and does not belong to this Registry; it is not bound or used")]
+    ForeignAccount(String),
 }
 
 impl Error {
@@ -21,6 +24,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::Invalid(_) => "invalid",
             Error::ForeignClaim(_) => "foreign_claim",
+            Error::ForeignAccount(_) => "foreign_account",
         }
     }
 }

@@ -409,9 +409,28 @@ fn access_control_and_tls() {
     );
     refused("{auth: {cacheSecs: 301}}", "cacheSecs");
     refused("{auth: {anonymous: everyone}}", "anonymous");
+    refused(
+        "{auth: {kubernetes: {audience: 'https://kubernetes.default.svc.cluster.local'}}}",
+        "API server's own audience",
+    );
     // Each on its own is fine.
     cp.apply(&registry("plain-nodes", "{nodeAccess: {enabled: true, port: 5998}}"));
     cp.apply(&registry("tls-only", "{tls: {secretName: cert}}"));
+
+    // Another workload's ServiceAccount with the registry's account name is
+    // neither bound to the review role nor taken over.
+    cp.kubectl_ok(&["create", "serviceaccount", "taken-registry"]);
+    cp.apply(&registry("taken", "{}"));
+    let reg = eventually(60, || {
+        json(&cp, &["get", "registry", "taken"]).filter(|r| condition(r, "Degraded").is_some_and(|c| c.0 == "True"))
+    })
+    .expect("the Registry never reported the foreign ServiceAccount");
+    assert!(
+        condition(&reg, "Degraded").unwrap().1.contains("ServiceAccount taken-registry exists and does not belong")
+    );
+    let account = json(&cp, &["get", "serviceaccount", "taken-registry"]).unwrap();
+    assert!(account["metadata"]["ownerReferences"].is_null(), "the account was taken over: {account}");
+    assert!(json(&cp, &["get", "clusterrolebinding", "berth:registry:default:taken"]).is_none());
 }
 
 /// Plays the kubelet for the registry pod: runs `berth-registry` with exactly the

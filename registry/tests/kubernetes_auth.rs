@@ -72,13 +72,18 @@ async fn push_status(r: &Registry, repo: &str) -> StatusCode {
 
 /// Polls a push start until it is refused, failing after `secs`; returns the refusal.
 async fn refused_within(r: &Registry, repo: &str, secs: u64) -> StatusCode {
+    push_status_until(r, repo, secs, |s| s != StatusCode::ACCEPTED).await
+}
+
+/// Polls a push start until `done` says so of its status, failing after `secs`.
+async fn push_status_until(r: &Registry, repo: &str, secs: u64, done: impl Fn(StatusCode) -> bool) -> StatusCode {
     let started = Instant::now();
     loop {
         let status = push_status(r, repo).await;
-        if status != StatusCode::ACCEPTED {
+        if done(status) {
             return status;
         }
-        assert!(started.elapsed() < Duration::from_secs(secs), "{repo}: still accepted after {secs} s");
+        assert!(started.elapsed() < Duration::from_secs(secs), "{repo}: still {status} after {secs} s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -151,6 +156,19 @@ async fn rolebindings_decide_who_pushes_where() {
         let denied = client.req(Method::POST, &format!("/v2/{other}/blobs/uploads/")).send().await.unwrap();
         assert_error(denied, StatusCode::FORBIDDEN, "DENIED").await;
     }
+    // A cluster-scoped repository granted by name to team-a's ci: that one only,
+    // not the same name inside a namespace.
+    cp.apply("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: alpine-push}\nrules:\n- {apiGroups: [berth.dev], resources: [clusterrepositories], resourceNames: [alpine], verbs: [get, create]}\n");
+    cp.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "alpine-push",
+        "--clusterrole=alpine-push",
+        "--serviceaccount=team-a:ci",
+    ]);
+    // (The refusal above is remembered for the cache time.)
+    push_status_until(&team_a, "alpine", CACHE_SECS + 3, |s| s == StatusCode::ACCEPTED).await;
+    assert_eq!(push_status(&team_a, "team-b/alpine").await, StatusCode::FORBIDDEN);
     // Pull needs get, which berth-push includes; delete needs delete, which it does not.
     let get = team_a.req(Method::GET, "/v2/team-a/app/web/manifests/v1").header("accept", OCI_MANIFEST);
     assert_eq!(get.send().await.unwrap().status(), StatusCode::OK);

@@ -21,7 +21,9 @@ pub fn record(event: Event, who: &Identity, repository: &RepoName, reference: Op
     tracing::info!(
         target: "audit",
         event = ?event,
-        who = %who,
+        // Escaped: a user name from an identity provider may hold line breaks.
+        who = %who.to_string().escape_debug(),
+        kind = who.kind(),
         repository = %repository,
         reference = reference.unwrap_or(""),
         digest = %digest.map(Digest::to_string).unwrap_or_default(),

@@ -39,7 +39,9 @@ impl Users {
             if !["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p)) {
                 return Err(invalid("not a bcrypt hash (htpasswd -B makes one)"));
             }
-            users.insert(user.to_owned(), hash.to_owned());
+            if users.insert(user.to_owned(), hash.to_owned()).is_some() {
+                return Err(invalid("the user is listed twice"));
+            }
         }
         Ok(Users(users))
     }
@@ -88,10 +90,18 @@ impl Htpasswd {
         &self.path
     }
 
-    /// Checks `password` against `hash`, a few at a time.
-    pub async fn verify(&self, password: String, hash: String) -> bool {
-        let Ok(_slot) = self.checks.acquire().await else { return false };
-        verify(password, hash).await
+    /// Checks `password` against `hash`, a few at a time; `None` when no
+    /// check slot frees up within 10 s (a flood of guesses).
+    pub async fn verify(&self, password: String, hash: String) -> Option<bool> {
+        let slot = tokio::time::timeout(std::time::Duration::from_secs(10), self.checks.acquire()).await;
+        let Ok(Ok(_slot)) = slot else { return None };
+        Some(verify(password, hash).await)
+    }
+
+    /// Identifies the file's current content: an answer computed against an
+    /// older content must not be remembered.
+    pub fn fingerprint(&self) -> cache::Key {
+        self.current.read().expect("htpasswd lock").0
     }
 }
 
@@ -121,6 +131,8 @@ mod tests {
         assert!(Users::parse(p, "alice:{SHA}xyz").is_err(), "SHA1 entries are refused");
         assert!(Users::parse(p, "alice").is_err());
         assert!(Users::parse(p, ":$2y$05$abc").is_err());
+        assert!(Users::parse(p, "a:$2y$05$x\na:$2y$05$y").is_err(), "which line would count is ambiguous");
+        assert!(Users::parse(p, "alice:$2y$05$abc\r\n").unwrap().hash("alice") == Some("$2y$05$abc"));
     }
 
     #[tokio::test]

@@ -26,6 +26,17 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// Where the identity comes from, for the audit trail.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Identity::Anonymous => "anonymous",
+            Identity::User(_) => "htpasswd",
+            Identity::Kubernetes { .. } => "kubernetes",
+        }
+    }
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

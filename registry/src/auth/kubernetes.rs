@@ -14,11 +14,12 @@ use kube::api::{Api, PostParams};
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::AuthError;
-use super::scope::{GROUP, RESOURCE, RbacTarget};
+use super::scope::{GROUP, RbacTarget};
 use crate::config::KubernetesAuthConfig;
 
-/// Reviews in flight at once: a burst of new tokens queues here instead of
-/// flooding the API server.
+/// Reviews of each kind in flight at once: a burst of new tokens queues here
+/// instead of flooding the API server, and strangers spraying tokens (token
+/// reviews) cannot hold up the access reviews of clients already known.
 const MAX_REVIEWS: usize = 64;
 /// How long a request waits for a review slot or for the API server.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,7 +28,8 @@ pub struct Kubernetes {
     audience: String,
     kubeconfig: Option<PathBuf>,
     client: OnceCell<kube::Client>,
-    reviews: Semaphore,
+    token_reviews: Semaphore,
+    access_reviews: Semaphore,
 }
 
 impl Kubernetes {
@@ -36,7 +38,8 @@ impl Kubernetes {
             audience: config.audience.clone(),
             kubeconfig: config.kubeconfig.clone(),
             client: OnceCell::new(),
-            reviews: Semaphore::new(MAX_REVIEWS),
+            token_reviews: Semaphore::new(MAX_REVIEWS),
+            access_reviews: Semaphore::new(MAX_REVIEWS),
         }
     }
 
@@ -70,7 +73,8 @@ impl Kubernetes {
             ..Default::default()
         };
         let api: Api<TokenReview> = Api::all(self.client().await?.clone());
-        let status = self.call(api.create(&PostParams::default(), &review)).await?.status.unwrap_or_default();
+        let status =
+            call(&self.token_reviews, api.create(&PostParams::default(), &review)).await?.status.unwrap_or_default();
         // An authenticator that ignores audiences answers without them: refuse,
         // or a token for the API server itself would be accepted here.
         let for_us = status.audiences.as_ref().is_some_and(|a| a.contains(&self.audience));
@@ -87,7 +91,7 @@ impl Kubernetes {
                 extra: user.extra.clone(),
                 resource_attributes: Some(ResourceAttributes {
                     group: Some(GROUP.into()),
-                    resource: Some(RESOURCE.into()),
+                    resource: Some(target.resource.into()),
                     namespace: target.namespace.clone(),
                     name: target.name.clone(),
                     verb: Some(target.verb.into()),
@@ -98,24 +102,28 @@ impl Kubernetes {
             ..Default::default()
         };
         let api: Api<SubjectAccessReview> = Api::all(self.client().await?.clone());
-        let status = self.call(api.create(&PostParams::default(), &review)).await?.status;
+        let status = call(&self.access_reviews, api.create(&PostParams::default(), &review)).await?.status;
         Ok(status.is_some_and(|s| s.allowed && s.denied != Some(true)))
-    }
-
-    async fn call<T>(&self, request: impl Future<Output = kube::Result<T>>) -> Result<T, AuthError> {
-        let _slot = tokio::time::timeout(REVIEW_TIMEOUT, self.reviews.acquire())
-            .await
-            .map_err(|_| AuthError::Busy)?
-            .map_err(|_| AuthError::Busy)?;
-        tokio::time::timeout(REVIEW_TIMEOUT, request)
-            .await
-            .map_err(|_| AuthError::Unavailable("the Kubernetes API server did not answer in time".into()))?
-            .map_err(unavailable)
     }
 }
 
+/// Runs one review in a slot of `slots`, within the review timeout.
+async fn call<T>(slots: &Semaphore, request: impl Future<Output = kube::Result<T>>) -> Result<T, AuthError> {
+    let _slot = tokio::time::timeout(REVIEW_TIMEOUT, slots.acquire())
+        .await
+        .map_err(|_| AuthError::Busy)?
+        .map_err(|_| AuthError::Busy)?;
+    tokio::time::timeout(REVIEW_TIMEOUT, request)
+        .await
+        .map_err(|_| unavailable("no answer in time"))?
+        .map_err(unavailable)
+}
+
+/// The client learns only that the check could not be made; the cause (which
+/// may name the registry's account or the API server) goes to the log.
 fn unavailable(e: impl std::fmt::Display) -> AuthError {
-    AuthError::Unavailable(format!("cannot reach the Kubernetes API server: {e}"))
+    tracing::warn!(error = %e, "reviewing credentials with the Kubernetes API server failed");
+    AuthError::Unavailable("credentials cannot be checked right now; retry later".into())
 }
 
 /// The `exp` claim of a JWT, read without checking the signature: only used

@@ -40,7 +40,7 @@ pub enum AuthError {
     #[error("{0}")]
     Unavailable(String),
     /// Too many reviews waiting.
-    #[error("too many access reviews in flight; retry shortly")]
+    #[error("too many credential checks in flight; retry shortly")]
     Busy,
 }
 
@@ -118,8 +118,12 @@ impl Auth {
         if credentials == Credentials::None {
             return Ok(Identity::Anonymous);
         }
+        let fingerprint = self.htpasswd.as_ref().map(Htpasswd::fingerprint);
         let (outcome, valid_for) = self.identify(credentials).await;
-        if !matches!(outcome, Err(AuthError::Unavailable(_) | AuthError::Busy)) {
+        // Not remembered: failures to check, and answers given against an
+        // htpasswd file that changed meanwhile (its reload already forgot the rest).
+        let current = fingerprint == self.htpasswd.as_ref().map(Htpasswd::fingerprint);
+        if current && !matches!(outcome, Err(AuthError::Unavailable(_) | AuthError::Busy)) {
             self.identities.insert(key, outcome.clone(), valid_for);
         }
         outcome
@@ -133,8 +137,11 @@ impl Auth {
             Credentials::Basic { user, password } => {
                 let found = self.htpasswd.as_ref().and_then(|h| Some((h, h.users().hash(&user)?.to_owned())));
                 if let Some((htpasswd, hash)) = found {
-                    let ok = htpasswd.verify(password, hash).await;
-                    return (if ok { Ok(Identity::User(user)) } else { Err(wrong()) }, None);
+                    return match htpasswd.verify(password, hash).await {
+                        Some(true) => (Ok(Identity::User(user)), None),
+                        Some(false) => (Err(wrong()), None),
+                        None => (Err(AuthError::Busy), None),
+                    };
                 }
                 password
             }

@@ -3,8 +3,10 @@
 //!
 //! RBAC mapping: repository `team-a/app/web` is resource `repositories` of group
 //! `berth.dev`, named `app/web`, in namespace `team-a`. A repository with one
-//! component, or whose first component cannot be a namespace name, is
-//! cluster-scoped and named by its whole path: only a ClusterRoleBinding grants it.
+//! component, or whose first component cannot be a namespace name, is resource
+//! `clusterrepositories`, cluster-scoped and named by its whole path: only a
+//! ClusterRoleBinding grants it, and a grant by name (`resourceNames: [alpine]`)
+//! cannot leak to `<namespace>/alpine`, which is a `repositories` name.
 //! Pull is `get`, push `create`, delete `delete`; the catalog is `list` on
 //! `repositories` cluster-wide.
 
@@ -13,6 +15,7 @@ use crate::names::RepoName;
 
 pub const GROUP: &str = "berth.dev";
 pub const RESOURCE: &str = "repositories";
+pub const CLUSTER_RESOURCE: &str = "clusterrepositories";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -36,6 +39,7 @@ impl Scope {
 /// The attributes of a SubjectAccessReview.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RbacTarget {
+    pub resource: &'static str,
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub verb: &'static str,
@@ -45,7 +49,7 @@ pub struct RbacTarget {
 pub fn rbac_target(scope: &Scope) -> Option<RbacTarget> {
     match scope {
         Scope::Base => None,
-        Scope::Catalog => Some(RbacTarget { namespace: None, name: None, verb: "list" }),
+        Scope::Catalog => Some(RbacTarget { resource: RESOURCE, namespace: None, name: None, verb: "list" }),
         Scope::Repository(repo, action) => {
             let verb = match action {
                 Action::Pull => "get",
@@ -53,7 +57,8 @@ pub fn rbac_target(scope: &Scope) -> Option<RbacTarget> {
                 Action::Delete => "delete",
             };
             let (namespace, name) = split_namespace(repo.as_str());
-            Some(RbacTarget { namespace: namespace.map(str::to_owned), name: Some(name.to_owned()), verb })
+            let resource = if namespace.is_some() { RESOURCE } else { CLUSTER_RESOURCE };
+            Some(RbacTarget { resource, namespace: namespace.map(str::to_owned), name: Some(name.to_owned()), verb })
         }
     }
 }
@@ -117,11 +122,16 @@ mod tests {
     fn repositories_map_onto_namespaces() {
         assert_eq!(
             rbac_target(&repo("team-a/app/web", Action::Push)),
-            Some(RbacTarget { namespace: Some("team-a".into()), name: Some("app/web".into()), verb: "create" })
+            Some(RbacTarget {
+                resource: RESOURCE,
+                namespace: Some("team-a".into()),
+                name: Some("app/web".into()),
+                verb: "create"
+            })
         );
         assert_eq!(
             rbac_target(&repo("alpine", Action::Pull)),
-            Some(RbacTarget { namespace: None, name: Some("alpine".into()), verb: "get" })
+            Some(RbacTarget { resource: CLUSTER_RESOURCE, namespace: None, name: Some("alpine".into()), verb: "get" })
         );
         // `my.org` and `a_b` cannot be namespaces: the whole path, cluster-scoped.
         for cluster in ["my.org/app", "a_b/app", "-a/app"] {
