@@ -390,4 +390,4 @@ pub fn quantity_bytes(q: &str) -> Option<f64> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -2,7 +2,8 @@ use super::*;
 use berth_crds::{RegistrySpec, RetentionPolicy, StorageSpec};
 use berth_registry::config::LimitsConfig;
 
-fn registry(yaml_spec: &str) -> Registry {
+/// A Registry in namespace `team` with a uid, as read from the API.
+pub(crate) fn registry(yaml_spec: &str) -> Registry {
     let spec: RegistrySpec = serde_saphyr::from_str(yaml_spec).unwrap();
     let mut reg = Registry::new("cache", spec);
     reg.metadata.namespace = Some("team".into());

@@ -1,4 +1,4 @@
-use berth_crds::{Anonymous, RegistrySpec};
+use berth_crds::Anonymous;
 use berth_registry::config::{Action, Config};
 use k8s_openapi::api::core::v1::{PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -7,13 +7,7 @@ use crate::resources::{CONFIG_FILE, config_map, deployment, service};
 
 use super::*;
 
-fn registry(yaml_spec: &str) -> Registry {
-    let spec: RegistrySpec = serde_saphyr::from_str(yaml_spec).unwrap();
-    let mut reg = Registry::new("cache", spec);
-    reg.metadata.namespace = Some("team".into());
-    reg.metadata.uid = Some("uid-1".into());
-    reg
-}
+use crate::resources::tests::registry;
 
 /// The config the registry reads, parsed and validated as the registry does.
 fn config(reg: &Registry) -> Config {
@@ -158,35 +152,32 @@ fn tls_mounts_the_certificate_and_serves_https() {
     assert_eq!(tls.key_file, std::path::PathBuf::from("/etc/berth/tls/tls.key"));
 
     // Probes speak HTTPS to the port named for it, on the path that needs no credentials.
-    let c = &pod.containers[0];
-    assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("https"));
+    assert_speaks(&reg, "HTTPS", "https");
+    assert_eq!(service(&reg).spec.unwrap().ports.unwrap()[0].app_protocol.as_deref(), Some("https"));
+}
+
+/// The container port and the Service port are named `port`; both probes ask
+/// `/healthz` there in `scheme`.
+fn assert_speaks(reg: &Registry, scheme: &str, port: &str) {
+    let pod = pod(reg);
+    assert_eq!(pod.containers[0].ports.as_ref().unwrap()[0].name.as_deref(), Some(port));
     for probe in probes(&pod) {
         let get = probe.http_get.as_ref().unwrap();
-        assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        assert_eq!(get.scheme.as_deref(), Some(scheme));
         assert_eq!(get.path.as_deref(), Some("/healthz"));
-        assert_eq!(get.port, IntOrString::String("https".into()));
+        assert_eq!(get.port, IntOrString::String(port.into()));
     }
-    let port = &service(&reg).spec.unwrap().ports.unwrap()[0];
-    assert_eq!(port.name.as_deref(), Some("https"));
-    assert_eq!(port.target_port, Some(IntOrString::String("https".into())));
-    assert_eq!(port.app_protocol.as_deref(), Some("https"));
+    let service_port = &service(reg).spec.unwrap().ports.unwrap()[0];
+    assert_eq!(service_port.name.as_deref(), Some(port));
+    assert_eq!(service_port.target_port, Some(IntOrString::String(port.into())));
 }
 
 #[test]
 fn without_tls_everything_is_plain_http() {
     let reg = registry("{}");
-    let pod = pod(&reg);
-    assert!(volume(&pod, "tls").is_none());
-    assert_eq!(pod.containers[0].ports.as_ref().unwrap()[0].name.as_deref(), Some("http"));
-    for probe in probes(&pod) {
-        let get = probe.http_get.as_ref().unwrap();
-        assert_eq!(get.scheme.as_deref(), Some("HTTP"));
-        assert_eq!(get.path.as_deref(), Some("/healthz"));
-        assert_eq!(get.port, IntOrString::String("http".into()));
-    }
-    let port = &service(&reg).spec.unwrap().ports.unwrap()[0];
-    assert_eq!(port.name.as_deref(), Some("http"));
-    assert!(port.app_protocol.is_none());
+    assert!(volume(&pod(&reg), "tls").is_none());
+    assert_speaks(&reg, "HTTP", "http");
+    assert!(service(&reg).spec.unwrap().ports.unwrap()[0].app_protocol.is_none());
 }
 
 #[test]
