@@ -142,6 +142,8 @@ YAML
 node_access() {
   kubectl patch registry registry --type merge -p '{"spec":{"nodeAccess":{"enabled":true,"port":5001}}}' >/dev/null ||
     return 1
+  # The operator creates the DaemonSet on its next reconcile; rollout status fails on one not there yet.
+  for _ in $(seq 1 60); do kubectl get daemonset registry-node-access >/dev/null 2>&1 && break; sleep 1; done
   if ! kubectl rollout status daemonset/registry-node-access --timeout=120s >/dev/null; then
     kubectl get ds -o wide; kubectl describe pods -l app.kubernetes.io/component=node-access; return 1
   fi
