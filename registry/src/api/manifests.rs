@@ -125,7 +125,7 @@ pub async fn put(app: &App, repo: &RepoName, reference: &str, req: Req) -> Resul
     let (bytes, _budget) = read_limited(app, req).await?;
     let manifest = Push { reference: &reference, tags, content_type: content_type.as_deref(), bytes };
     let pushed = push::push(app.storage.as_ref(), &app.policy, repo, manifest).await?;
-    audit_push(&who, repo, &reference, &pushed);
+    audit_push(&who, repo, &pushed);
 
     let mut response = StatusCode::CREATED.into_response();
     let h = response.headers_mut();
@@ -143,15 +143,11 @@ pub async fn put(app: &App, repo: &RepoName, reference: &str, req: Req) -> Resul
     Ok(response)
 }
 
-/// One audit line for the manifest and one per tag it was given.
-fn audit_push(who: &Identity, repo: &RepoName, reference: &Reference, pushed: &push::Pushed) {
+/// One audit line for the manifest and one per tag it was given (the tag it
+/// was pushed to included).
+fn audit_push(who: &Identity, repo: &RepoName, pushed: &push::Pushed) {
     auth::record(AuditEvent::Push, who, repo, None, Some(&pushed.digest));
     for tag in &pushed.tags {
-        auth::record(AuditEvent::Tag, who, repo, Some(tag.as_str()), Some(&pushed.digest));
-    }
-    if let Reference::Tag(tag) = reference
-        && !pushed.tags.contains(tag)
-    {
         auth::record(AuditEvent::Tag, who, repo, Some(tag.as_str()), Some(&pushed.digest));
     }
 }
