@@ -433,8 +433,6 @@ check "kubernetes: a token for the API server's audience fails skopeo, oras, pod
 # HTTPS with a certificate from a test CA: clients that trust the CA push and pull,
 # clients that do not refuse the connection, and a certificate replaced on disk is
 # served to the next client without a restart.
-TLS_PID=""
-trap 'stop_registry; [ -n "$FORWARD_PID" ] && kill "$FORWARD_PID" 2>/dev/null; [ -n "$TLS_PID" ] && kill "$TLS_PID" 2>/dev/null; rm -rf "$work"' EXIT
 tls_cert() { # NAME: a key and a certificate for 127.0.0.1 signed by the test CA
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$1" \
     -keyout "$work/tls/$1.key" -out "$work/tls/$1.csr" 2>/dev/null &&
@@ -452,6 +450,7 @@ tls_registry() {
   "$(registry_bin)" --listen "$T" --root "$work/tls-data" --tls-cert "$work/tls/tls.crt" --tls-key "$work/tls/tls.key" \
     >"$work/tls.log" 2>&1 &
   TLS_PID=$!
+  PIDS+=("$TLS_PID")   # stopped by cleanup, with the other registries
   for _ in $(seq 1 100); do curl -fsS --cacert "$work/tls/ca.crt" "https://$T/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   [ "$(curl -sS --cacert "$work/tls/ca.crt" -o /dev/null -w '%{http_version}' "https://$T/v2/")" = 2 ] ||
     { echo "    no HTTP/2 through ALPN" >&2; return 1; }

@@ -33,7 +33,7 @@ async fn spawn(root: &std::path::Path) -> Server {
         .spawn()
         .unwrap();
     let mut server = Server { child, base: format!("http://127.0.0.1:{port}") };
-    let client = Client::new();
+    let client = client();
     for _ in 0..200 {
         if client.get(format!("{}/v2/", server.base)).send().await.is_ok() {
             return server;
@@ -77,8 +77,14 @@ async fn push_blob(client: &Client, base: &str, repo: &str, data: &[u8], chunked
     (response.status() == StatusCode::CREATED).then_some(digest)
 }
 
+/// A client that gives up: a request to a killed server must end the pusher,
+/// never wait for ever.
+fn client() -> Client {
+    Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
 async fn pusher(base: String, worker: u64, acked: Arc<Mutex<Acked>>) {
-    let client = Client::new();
+    let client = client();
     let repo = format!("crash/w{worker}");
     for i in 0u64.. {
         let seed = worker * 1_000_000 + i;
@@ -130,7 +136,7 @@ async fn acknowledged_data_survives_kill_9() {
     }
 
     let mut server = spawn(dir.path()).await;
-    let client = Client::new();
+    let client = client();
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert!(acked.blobs.len() >= 6, "too few pushes completed to test anything: {}", acked.blobs.len());
     for (repo, digest, data) in &acked.blobs {
