@@ -8,7 +8,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod auth;
+mod lifecycle;
 pub use auth::{AccessRule, Action, Anonymous, AuthConfig, HtpasswdConfig, KubernetesAuthConfig, TlsConfig};
+pub use lifecycle::{
+    CollectorConfig, CollectorKubernetes, QuotaConfig, QuotaOverride, RetentionConfig, RetentionRule, Span,
+    TagRetention, repository_matches, tag_matches,
+};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
@@ -28,6 +33,12 @@ pub struct Config {
     /// Serve HTTPS instead of plain HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Garbage collection: when it runs and what it keeps.
+    pub gc: CollectorConfig,
+    /// Which tags and untagged manifests the collector deletes.
+    pub retention: RetentionConfig,
+    /// Byte limits for the whole registry and per repository.
+    pub quota: QuotaConfig,
     pub log: LogConfig,
 }
 
@@ -43,6 +54,9 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
+            gc: CollectorConfig::default(),
+            retention: RetentionConfig::default(),
+            quota: QuotaConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -341,6 +355,7 @@ impl Config {
         self.manifests.validate().map_err(ConfigError::Invalid)?;
         self.limits.validate().map_err(ConfigError::Invalid)?;
         self.auth.validate().map_err(ConfigError::Invalid)?;
+        self.retention.validate().map_err(ConfigError::Invalid)?;
         if self.limits.manifest_buffer_bytes < self.manifests.validation.max_size {
             return Err(ConfigError::Invalid(
                 "limits.manifestBufferBytes must hold at least one manifest of manifests.validation.maxSize".into(),
@@ -395,6 +410,20 @@ mod tests {
         );
         let open = Config::default();
         assert!(open.auth.is_open() && !open.auth.has_authenticators(), "standalone stays open by default");
+    }
+
+    #[test]
+    fn lifecycle_is_checked() {
+        let c = Config::from_yaml(
+            "gc: {interval: 6h, gracePeriod: 30m}\nretention: {rules: [{repositories: ['*'], untaggedAfter: 7d}]}",
+        )
+        .unwrap();
+        assert_eq!(c.gc.interval, Some(Span::secs(6 * 3600)));
+        assert_eq!(c.retention.rules[0].untagged_after, Some(Span::secs(7 * 86400)));
+        assert_eq!(Config::from_yaml(&c.to_yaml()).unwrap(), c);
+        assert!(Config::from_yaml("gc: {interval: often}").is_err());
+        assert!(Config::from_yaml("retention: {rules: [{repositories: ['*']}]}").is_err(), "a rule that keeps all");
+        assert!(Config::from_yaml("retention: {rules: [{repositories: [], untaggedAfter: 1d}]}").is_err());
     }
 
     #[test]

@@ -96,19 +96,10 @@ pub fn rules_allow(rules: &[AccessRule], user: &str, scope: &Scope) -> bool {
     rules.iter().any(|rule| {
         rule.users.iter().any(|u| u == "*" || u == user)
             && rule.actions.contains(&action)
-            && rule.repositories.iter().any(|p| pattern_matches(p, repo))
+            && rule.repositories.iter().any(|p| crate::config::repository_matches(p, repo))
     })
 }
 
-/// `*` matches everything, `team/*` everything below `team/`, anything else
-/// exactly itself.
-fn pattern_matches(pattern: &str, repo: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some("") => true,
-        Some(prefix) if prefix.ends_with('/') => repo.starts_with(prefix) && repo.len() > prefix.len(),
-        _ => pattern == repo,
-    }
-}
 
 #[cfg(test)]
 mod tests {
