@@ -54,6 +54,14 @@ enum Mode {
         #[arg(long, default_value_t = 120)]
         idle_timeout_secs: u64,
     },
+    /// Run one garbage collection against the configured storage and print its
+    /// report as JSON. Safe while registry processes serve the same storage;
+    /// exits with 3 when another collection is running.
+    Collect {
+        /// Report what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn load(args: &Args) -> Result<Config, String> {
@@ -150,6 +158,22 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     init_logging(&config);
+    if let Some(Mode::Collect { dry_run }) = args.command {
+        return match berth_registry::gc::collect_once(&config, dry_run).await {
+            Ok(Some(report)) => {
+                println!("{report}");
+                std::process::ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                eprintln!("berth-registry: another collection is running");
+                std::process::ExitCode::from(3)
+            }
+            Err(e) => {
+                eprintln!("berth-registry: {e}");
+                std::process::ExitCode::from(1)
+            }
+        };
+    }
     let listener = match tokio::net::TcpListener::bind(&config.listen).await {
         Ok(l) => l,
         Err(e) => {

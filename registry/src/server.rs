@@ -20,6 +20,8 @@ use tokio_rustls::server::TlsStream;
 
 use crate::api::{App, router};
 use crate::config::{Config, LimitsConfig};
+use crate::gc::Collector;
+use crate::gc::schedule::{Hooks, Scheduler};
 use crate::net::{self, Activity, Tracked};
 use crate::storage::{FsStorage, Storage};
 use crate::tls;
@@ -57,7 +59,7 @@ fn is_loopback(listen: &str) -> bool {
 }
 
 /// Opens the storage and builds the HTTP application for `config`; starts the
-/// cleanup of what clients and crashes leave behind.
+/// cleanup of what clients and crashes leave behind, and the garbage collector.
 pub fn build(config: Config) -> Result<axum::Router, String> {
     let storage: Arc<dyn Storage> = Arc::new(
         FsStorage::open(&config.storage.root)
@@ -68,6 +70,8 @@ pub fn build(config: Config) -> Result<axum::Router, String> {
         hours => Duration::from_secs(hours.saturating_mul(3600)),
     };
     tokio::spawn(purge(storage.clone(), age));
+    let collector = Arc::new(Collector::new(storage.clone(), config.gc.clone(), config.retention.clone()));
+    tokio::spawn(Scheduler { collector, requests: None, hooks: Hooks::default() }.run());
     let app = App::new(config, storage)?;
     Ok(router(app))
 }

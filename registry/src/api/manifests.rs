@@ -39,6 +39,9 @@ pub async fn get(app: &App, repo: &RepoName, reference: &str, req: Req, head: bo
         response.headers_mut().insert("docker-content-digest", header_value(&digest.to_string()));
         return Ok(response);
     }
+    if !head {
+        app.storage.record_pull(repo, &digest);
+    }
     let len = stored.bytes.len();
     let body = if head { Body::empty() } else { Body::from(stored.bytes) };
     let mut response = body.into_response();

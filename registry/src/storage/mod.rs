@@ -14,6 +14,7 @@
 
 mod error;
 pub mod fs;
+pub mod lifecycle;
 
 use std::io;
 use std::ops::Range;
@@ -30,6 +31,7 @@ use crate::names::{RepoName, Tag, UploadId};
 
 pub use error::{Error, Result};
 pub use fs::FsStorage;
+pub use lifecycle::Lifecycle;
 
 /// A request body as it arrives: never collected whole in memory.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -140,6 +142,6 @@ pub trait Catalog: Send + Sync + 'static {
 }
 
 /// Everything the registry stores.
-pub trait Storage: Blobs + Uploads + Manifests + Tags + Catalog {}
+pub trait Storage: Blobs + Uploads + Manifests + Tags + Catalog + Lifecycle {}
 
-impl<T: Blobs + Uploads + Manifests + Tags + Catalog> Storage for T {}
+impl<T: Blobs + Uploads + Manifests + Tags + Catalog + Lifecycle> Storage for T {}

@@ -18,6 +18,7 @@ use std::time::Duration;
 use berth_registry::digest::{Algorithm, Digest};
 use berth_registry::manifest::ReferrerDescriptor;
 use berth_registry::names::{RepoName, Tag, UploadId};
+use berth_registry::storage::lifecycle::{Planner, RepoPlan, RepoSnapshot};
 use berth_registry::storage::{ByteStream, Chunk, Error, ManifestPut, Referrer, Storage, StoredManifest};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
@@ -59,7 +60,12 @@ macro_rules! storage_contract {
             referrers_by_subject,
             catalog_lists_repositories_with_content,
             catalog_forgets_emptied_repositories,
-            purge_removes_only_old_sessions
+            purge_removes_only_old_sessions,
+            gc_snapshot_and_plan_under_the_lock,
+            gc_removes_only_links_still_old,
+            gc_sweep_spares_content_refreshed_by_a_write,
+            gc_one_collector_at_a_time,
+            gc_report_round_trips
         );
     };
     (@checks $backend:expr; $($(#[$attr:meta])* $check:ident),* $(,)?) => {
@@ -1085,4 +1091,107 @@ pub async fn purge_removes_only_old_sessions<S: Storage + ?Sized>(s: &S) {
     assert_eq!(s.upload_finish(&r, revived, &d, Some((Chunk::default(), body(&[b"!"])))).await.unwrap(), 11);
     assert_eq!(read(s, &r, &d, 0..11).await, b"still here!");
     s.upload_append(&r, fresh, Chunk::default(), body(&[b"x"])).await.unwrap();
+}
+
+// ---------------------------------------------------------------- lifecycle
+
+/// A planner that records the snapshot it was shown and returns `plan`.
+fn planner(plan: RepoPlan, seen: std::sync::Arc<std::sync::Mutex<Option<RepoSnapshot>>>) -> Planner {
+    std::sync::Arc::new(move |_, snap: &RepoSnapshot| {
+        *seen.lock().unwrap() = Some(snap.clone());
+        plan.clone()
+    })
+}
+
+fn after(d: Duration) -> std::time::SystemTime {
+    std::time::SystemTime::now() + d
+}
+
+/// A repository pass shows every manifest (content, push time), tag and link,
+/// and deletes the planned tags and manifests (with their referrers entries);
+/// a dry run deletes nothing.
+pub async fn gc_snapshot_and_plan_under_the_lock<S: Storage + ?Sized>(s: &S) {
+    let r = repo("gc/snap");
+    let kept = put_image(s, &r, 1, &["keep"]).await;
+    let gone = put_image(s, &r, 2, &["drop"]).await;
+    let referrer = put_referrer(s, &r, &gone, 3).await;
+    let seen = std::sync::Arc::default();
+    let plan = RepoPlan {
+        tags: vec!["drop".into()],
+        manifests: vec![gone.clone(), referrer.digest.clone()],
+        ..RepoPlan::default()
+    };
+    let dry = s
+        .collect_repository(&r, planner(plan.clone(), std::sync::Arc::clone(&seen)), after(Duration::ZERO), true)
+        .await
+        .unwrap();
+    assert_eq!(dry.plan, plan);
+    assert!(s.manifest_exists(&r, &gone).await.unwrap(), "a dry run deletes nothing");
+    let snap = seen.lock().unwrap().take().expect("the planner saw the repository");
+    let mut digests: Vec<_> = snap.manifests.iter().map(|m| m.digest.clone()).collect();
+    digests.sort();
+    let mut want = vec![kept.clone(), gone.clone(), referrer.digest.clone()];
+    want.sort();
+    assert_eq!(digests, want);
+    assert!(snap.manifests.iter().all(|m| m.bytes.as_ref().is_some_and(|b| sha256(b) == m.digest)));
+    let mut tags: Vec<_> = snap.tags.iter().map(|t| (t.name.as_str(), t.digest.clone())).collect();
+    tags.sort();
+    assert_eq!(tags, vec![("drop", gone.clone()), ("keep", kept.clone())]);
+    assert_eq!(snap.links.len(), 4, "one config shared, three layers: {:?}", snap.links);
+
+    s.collect_repository(&r, planner(plan, seen), after(Duration::ZERO), false).await.unwrap();
+    assert!(!s.manifest_exists(&r, &gone).await.unwrap() && !s.manifest_exists(&r, &referrer.digest).await.unwrap());
+    assert_eq!(s.tag_get(&r, &tag("drop")).await.unwrap(), None);
+    assert_eq!(s.tag_get(&r, &tag("keep")).await.unwrap(), Some(kept.clone()));
+    assert!(s.referrers(&r, &gone).await.unwrap().is_empty());
+}
+
+/// Planned links go only if their time is still before the cutoff: a mount
+/// after the cutoff was taken refreshes the link, and it stays.
+pub async fn gc_removes_only_links_still_old<S: Storage + ?Sized>(s: &S) {
+    let (r, other) = (repo("gc/links"), repo("gc/other"));
+    let old = put_blob(s, &r, b"old layer").await;
+    let remounted = put_blob(s, &r, b"remounted layer").await;
+    put_blob(s, &other, b"remounted layer").await;
+    let cutoff = after(Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert!(s.blob_mount(&r, &remounted, Some(&other)).await.unwrap());
+    let plan = RepoPlan { links: vec![old.clone(), remounted.clone()], ..RepoPlan::default() };
+    let outcome = s.collect_repository(&r, planner(plan, std::sync::Arc::default()), cutoff, false).await.unwrap();
+    assert_eq!(outcome.links_removed, 1);
+    assert_eq!(s.blob_size(&r, &old).await.unwrap(), None);
+    assert!(s.blob_size(&r, &remounted).await.unwrap().is_some(), "the mount's link stays");
+}
+
+/// Swept blobs are gone everywhere; one written again after the cutoff, or
+/// young, stays; stored_blobs lists sizes.
+pub async fn gc_sweep_spares_content_refreshed_by_a_write<S: Storage + ?Sized>(s: &S) {
+    let r = repo("gc/sweep");
+    let old = put_blob(s, &r, b"unreferenced").await;
+    let rewritten = put_blob(s, &r, b"pushed again").await;
+    let cutoff = after(Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    put_blob(s, &repo("gc/elsewhere"), b"pushed again").await;
+    let young = put_blob(s, &r, b"young").await;
+    let stored = s.stored_blobs().await.unwrap();
+    let size = |d: &Digest| stored.iter().find(|b| b.digest == *d).map(|b| b.size);
+    assert_eq!((size(&old), size(&rewritten), size(&young)), (Some(12), Some(12), Some(5)));
+    let (n, bytes) = s.sweep_blobs(vec![old.clone(), rewritten.clone(), young.clone()], cutoff).await.unwrap();
+    assert_eq!((n, bytes), (1, 12));
+    assert_eq!(s.blob_size(&r, &old).await.unwrap(), None);
+    assert_eq!(read(s, &r, &rewritten, 0..12).await, b"pushed again");
+    assert_eq!(read(s, &r, &young, 0..5).await, b"young");
+}
+
+pub async fn gc_one_collector_at_a_time<S: Storage + ?Sized>(s: &S) {
+    let first = s.collector_lock().await.unwrap().expect("free at first");
+    assert!(s.collector_lock().await.unwrap().is_none(), "held by the first");
+    drop(first);
+    assert!(s.collector_lock().await.unwrap().is_some(), "free again");
+}
+
+pub async fn gc_report_round_trips<S: Storage + ?Sized>(s: &S) {
+    assert_eq!(s.load_report().await.unwrap(), None);
+    s.save_report(Bytes::from_static(b"{\"usage\":{}}")).await.unwrap();
+    assert_eq!(s.load_report().await.unwrap().as_deref(), Some(&b"{\"usage\":{}}"[..]));
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use super::FsStorage;
 use super::catalog;
 use super::durable::{self, blocking};
-use super::lock::Session;
+use super::lock::{Session, SweepLock};
 use super::{read, write};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::names::RepoName;
@@ -21,11 +21,22 @@ impl FsStorage {
         Ok(tokio::fs::try_exists(self.layer_link(repo, digest)).await?)
     }
 
-    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        let (entry, link) = (self.catalog_entry(repo), self.layer_link(repo, digest));
+    /// Links a stored blob into `repo`; `false` when no such blob is stored. The
+    /// blob's and the link's times are refreshed under the sweep lock, so a
+    /// collection that found them old cannot delete them now (see `collect.rs`).
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let (entry, blob, link) = (self.catalog_entry(repo), self.blob_path(digest), self.layer_link(repo, digest));
+        let sweep = self.sweep_lock();
         blocking(move || {
             catalog::mark(&entry)?;
-            durable::touch(&link)
+            let _sweep = SweepLock::shared(&sweep)?;
+            if !durable::set_modified_now(&blob)? {
+                return Ok(false);
+            }
+            if !durable::set_modified_now(&link)? {
+                durable::touch(&link)?;
+            }
+            Ok(true)
         })
         .await
     }
@@ -36,6 +47,7 @@ impl FsStorage {
     /// an older version, a disk error), and a reader of the old file keeps it open.
     /// Both directories are synced after both changes, so one journal commit
     /// usually covers the two. `held` (the session's lock) is released only after.
+    /// The sweep lock is held shared meanwhile (see `link_blob`).
     /// The catalog entry comes first: a crash after it leaves an entry the cleanup
     /// prunes, a crash before the link is made leaves nothing to list.
     pub(super) async fn publish_blob(
@@ -48,13 +60,17 @@ impl FsStorage {
         let entry = self.catalog_entry(repo);
         let target = self.blob_path(digest);
         let link = self.layer_link(repo, digest);
+        let sweep = self.sweep_lock();
         blocking(move || {
             catalog::mark(&entry)?;
             let (Some(blob_dir), Some(link_dir)) = (target.parent(), link.parent()) else {
                 return Err(io::Error::other("blob paths have parents"));
             };
+            let _sweep = SweepLock::shared(&sweep)?;
             durable::in_dir(blob_dir, || std::fs::rename(&from, &target))?;
-            if !link.exists() {
+            // A session idle for long has an old time: the blob is new now.
+            durable::set_modified_now(&target)?;
+            if !durable::set_modified_now(&link)? {
                 durable::in_dir(link_dir, || File::create(&link))?;
             }
             durable::sync_dir(blob_dir)?;
@@ -111,14 +127,12 @@ impl Blobs for FsStorage {
     }
 
     async fn blob_mount(&self, to: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
-        let readable = match from {
-            Some(from) => self.blob_size(from, digest).await?.is_some(),
-            None => tokio::fs::try_exists(self.blob_path(digest)).await?,
-        };
-        if readable {
-            self.link_blob(to, digest).await?;
+        if let Some(from) = from
+            && self.blob_size(from, digest).await?.is_none()
+        {
+            return Ok(false);
         }
-        Ok(readable)
+        self.link_blob(to, digest).await
     }
 
     async fn blob_put(&self, repo: &RepoName, digest: &Digest, body: ByteStream) -> Result<u64> {

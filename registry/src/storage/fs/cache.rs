@@ -17,7 +17,7 @@ use crate::digest::Digest;
 
 /// Total size of cached manifest bytes.
 const CONTENT_BYTES: u64 = 64 << 20;
-const ENTRIES: usize = 16_384;
+pub const ENTRIES: usize = 16_384;
 
 /// What identifies one version of a small metadata file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

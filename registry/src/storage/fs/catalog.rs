@@ -87,11 +87,7 @@ impl FsStorage {
 /// Creates a catalog entry, or sets its time to now: a write is about to give the
 /// repository content, so the cleanup must not drop the entry meanwhile.
 pub(super) fn mark(entry: &Path) -> std::io::Result<()> {
-    let Ok(path) = std::ffi::CString::new(entry.as_os_str().as_encoded_bytes()) else {
-        return Err(std::io::Error::other("a catalog entry path holds a NUL byte"));
-    };
-    // SAFETY: the path is NUL-terminated; a null `times` means "now".
-    if unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), std::ptr::null(), 0) } == 0 {
+    if durable::set_modified_now(entry)? {
         return Ok(());
     }
     durable::touch(entry)

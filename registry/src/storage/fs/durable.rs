@@ -87,6 +87,21 @@ pub fn touch(path: &Path) -> io::Result<()> {
     sync_dir(parent)
 }
 
+/// Sets a file's modification time to now; `false` when it does not exist.
+pub fn set_modified_now(path: &Path) -> io::Result<bool> {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return Err(io::Error::other("a path holds a NUL byte"));
+    };
+    // SAFETY: the path is NUL-terminated; a null `times` means "now".
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), std::ptr::null(), 0) } == 0 {
+        return Ok(true);
+    }
+    match io::Error::last_os_error() {
+        e if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        e => Err(e),
+    }
+}
+
 /// Removes a file durably; `false` when it did not exist.
 pub fn remove_if_exists(path: &Path) -> io::Result<bool> {
     match fs::remove_file(path) {

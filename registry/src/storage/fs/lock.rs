@@ -108,3 +108,38 @@ pub fn try_lock_session(path: &Path) -> io::Result<Option<Session>> {
     }
     Ok(Some(Session { file }))
 }
+
+/// The content sweep lock (`gc/sweep.lock`): shared by every write that makes
+/// stored content referenced, exclusive while the collector deletes a batch.
+/// Writers hold it for a few syscalls and the collector for one batch, so both
+/// wait on the blocking pool rather than polling.
+pub struct SweepLock {
+    _file: File,
+}
+
+impl SweepLock {
+    pub fn shared(path: &Path) -> io::Result<SweepLock> {
+        Self::take(path, libc::LOCK_SH)
+    }
+
+    pub fn exclusive(path: &Path) -> io::Result<SweepLock> {
+        Self::take(path, libc::LOCK_EX)
+    }
+
+    fn take(path: &Path, op: libc::c_int) -> io::Result<SweepLock> {
+        let dir = path.parent().ok_or_else(|| io::Error::other("lock files have a directory"))?;
+        let open = || OpenOptions::new().create(true).truncate(false).write(true).open(path);
+        let file = durable::in_dir(dir, open)?;
+        flock(&file, op)?;
+        Ok(SweepLock { _file: file })
+    }
+}
+
+/// The collector lock (`gc/collector.lock`), taken without waiting: `None`
+/// while another process or task collects.
+pub fn try_collector_lock(path: &Path) -> io::Result<Option<File>> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("lock files have a directory"))?;
+    let open = || OpenOptions::new().create(true).truncate(false).write(true).open(path);
+    let file = durable::in_dir(dir, open)?;
+    Ok(try_flock(&file)?.then_some(file))
+}

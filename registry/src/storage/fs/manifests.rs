@@ -14,7 +14,7 @@ use super::FsStorage;
 use super::cache::{FileId, validated};
 use super::catalog;
 use super::durable::{self, blocking};
-use super::lock::RepoGuard;
+use super::lock::{RepoGuard, SweepLock};
 use super::read::Mode;
 use crate::digest::Digest;
 use crate::manifest::ReferrerDescriptor;
@@ -112,14 +112,16 @@ impl FsStorage {
         Ok(missing)
     }
 
-    /// Stores manifest content under its digest unless the same bytes are there,
+    /// Stores manifest content under its digest unless the same bytes are there
+    /// (then refreshes their time, under the sweep lock as `link_blob` does),
     /// after the repository's catalog `entry`.
     async fn store_content(&self, digest: &Digest, bytes: Bytes, entry: PathBuf) -> Result<()> {
-        let (tmp_dir, path) = (self.tmp_dir(), self.blob_path(digest));
+        let (tmp_dir, path, sweep) = (self.tmp_dir(), self.blob_path(digest), self.sweep_lock());
         blocking(move || {
             catalog::mark(&entry)?;
+            let _sweep = SweepLock::shared(&sweep)?;
             if durable::read_optional(&path)?.is_some_and(|stored| stored == bytes) {
-                return Ok(());
+                return durable::set_modified_now(&path).map(|_| ());
             }
             durable::write_atomic(&tmp_dir, &path, &bytes)
         })
@@ -149,10 +151,12 @@ impl Manifests for FsStorage {
         Ok(self.revision(repo, digest).await?.is_some())
     }
 
-    /// Content first, then, under the repository's lock, the repository's record,
-    /// the referrers entry and the tags: a crash in between leaves only
-    /// unreferenced content or an untagged manifest behind.
+    /// Under the repository's lock, so the collector cannot remove a link
+    /// between the check and the record: the references, the content, then the
+    /// repository's record, the referrers entry and the tags. A crash in between
+    /// leaves only unreferenced content or an untagged manifest behind.
     async fn manifest_put(&self, repo: &RepoName, put: ManifestPut) -> Result<()> {
+        let guard = RepoGuard::lock(self.tags_lock(repo)).await?;
         let missing = self.missing_references(repo, &put).await?;
         if !missing.is_empty() {
             return Err(Error::ReferencesUnknown(missing));
@@ -169,7 +173,6 @@ impl Manifests for FsStorage {
         let tags: Vec<PathBuf> = put.tags.iter().map(|t| self.tags_dir(repo).join(t.as_str())).collect();
         self.store_content(&put.digest, put.manifest.bytes.clone(), self.catalog_entry(repo)).await?;
         let (tmp_dir, link, text) = (self.tmp_dir(), self.revision_link(repo, &put.digest), put.digest.to_string());
-        let guard = RepoGuard::lock(self.tags_lock(repo)).await?;
         blocking(move || {
             durable::write_atomic(&tmp_dir, &link, &revision_json)?;
             if let Some((path, json)) = referrer {
@@ -193,6 +196,7 @@ impl Manifests for FsStorage {
         let tags_dir = self.tags_dir(repo);
         let referrer = revision.subject.map(|s| self.referrer_path(repo, &s, digest));
         let link = self.revision_link(repo, digest);
+        let pulled = self.pulled_marker(repo, digest);
         let wanted = digest.to_string();
         let guard = RepoGuard::lock(self.tags_lock(repo)).await?;
         blocking(move || {
@@ -206,6 +210,7 @@ impl Manifests for FsStorage {
                 durable::remove_if_exists(&path)?;
             }
             let removed = durable::remove_if_exists(&link);
+            let _ = std::fs::remove_file(&pulled);
             drop(guard);
             removed
         })

@@ -9,7 +9,9 @@
 //! repositories/<name>/_manifests/lock               flock'ed while tags change
 //! repositories/<name>/_referrers/<alg>/<subject-hex>/<alg>-<hex>   referrer descriptor
 //! repositories/<name>/_uploads/<id>[.json]          upload sessions: data and state
+//! repositories/<name>/_manifests/pulled/<alg>/<hex>     empty; its time is the last pull
 //! repositories/_index/<name with / as +>            the catalog: one entry per repository
+//! gc/collector.lock, gc/sweep.lock, gc/report.json  the garbage collector's (see `collect.rs`)
 //! tmp/                                              files being written
 //! ```
 //! Repository names never have components starting with `_` or `.`, so they cannot
@@ -23,6 +25,7 @@
 mod blobs;
 mod cache;
 mod catalog;
+mod collect;
 mod durable;
 mod hygiene;
 mod lock;
@@ -40,6 +43,8 @@ use crate::names::RepoName;
 pub struct FsStorage {
     root: PathBuf,
     caches: cache::Caches,
+    /// When this process last recorded a pull of a manifest, by its marker path.
+    pulls: quick_cache::sync::Cache<PathBuf, std::time::Instant>,
     /// How blob content is read: mapped on local filesystems, read on others.
     reads: read::Mode,
 }
@@ -48,11 +53,12 @@ impl FsStorage {
     /// Opens (creating if needed) a storage root.
     pub fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
         let root = root.into();
-        for dir in ["blobs", "repositories", "tmp"] {
+        for dir in ["blobs", "repositories", "tmp", "gc"] {
             durable::ensure_dir(&root.join(dir))?;
         }
         let reads = read::Mode::for_filesystem(&root);
-        let storage = FsStorage { root, caches: cache::Caches::default(), reads };
+        let pulls = quick_cache::sync::Cache::new(cache::ENTRIES);
+        let storage = FsStorage { root, caches: cache::Caches::default(), pulls, reads };
         storage.ensure_catalog()?;
         Ok(storage)
     }
@@ -83,6 +89,15 @@ impl FsStorage {
 
     fn revision_link(&self, repo: &RepoName, d: &Digest) -> PathBuf {
         self.repo_dir(repo).join("_manifests/revisions").join(d.algorithm().as_str()).join(d.hex())
+    }
+
+    fn pulled_marker(&self, repo: &RepoName, d: &Digest) -> PathBuf {
+        self.repo_dir(repo).join("_manifests/pulled").join(d.algorithm().as_str()).join(d.hex())
+    }
+
+    /// Taken shared by every write that makes stored content referenced.
+    fn sweep_lock(&self) -> PathBuf {
+        self.root.join("gc/sweep.lock")
     }
 
     fn tags_dir(&self, repo: &RepoName) -> PathBuf {
