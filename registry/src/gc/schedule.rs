@@ -109,6 +109,8 @@ impl Scheduler {
         while !self.pass(Mode::Count, None, ProtectedSet::default()).await {
             tokio::time::sleep(POLL).await;
         }
+        // With no collection on record, the interval counts from now.
+        let since = SystemTime::now();
         let mut published_usage: Option<Usage> = None;
         let mut usage_clock = tokio::time::Instant::now();
         loop {
@@ -127,9 +129,12 @@ impl Scheduler {
             let (protected, requested) = fetched.map_or((None, None), |(p, c)| (Some(p), c));
             let handled = report.last_collection.as_ref().and_then(|c| c.request.clone());
             let on_demand = requested.filter(|r| !r.is_empty() && Some(r) != handled.as_ref());
-            let due = self.collector.config().interval.is_some_and(|every| {
-                finished(&report).is_none_or(|at| SystemTime::now().duration_since(at).is_ok_and(|age| age >= every.0))
-            });
+            let last = finished(&report).unwrap_or(since);
+            let due = self
+                .collector
+                .config()
+                .interval
+                .is_some_and(|every| SystemTime::now().duration_since(last).is_ok_and(|age| age >= every.0));
             if on_demand.is_some() || due {
                 match self.protected(protected).await {
                     Ok(set) => {
