@@ -71,7 +71,8 @@ pub fn build(config: Config) -> Result<axum::Router, String> {
     };
     tokio::spawn(purge(storage.clone(), age));
     let collector = Arc::new(Collector::new(storage.clone(), config.gc.clone(), config.retention.clone()));
-    tokio::spawn(Scheduler { collector, requests: None, hooks: Hooks::default() }.run());
+    crate::gc::schedule::spawn_idle(Scheduler { collector, requests: None, hooks: Hooks::default() })
+        .map_err(|e| format!("starting the garbage collector: {e}"))?;
     let app = App::new(config, storage)?;
     Ok(router(app))
 }

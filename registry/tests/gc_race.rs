@@ -153,7 +153,7 @@ async fn client_loop(base: String, w: u64, expected: Arc<Mutex<Expected>>, deadl
         check_image(&client, &base, &older, &img).await;
         // Every third round moves the previous tag onto this image; beyond
         // eight images, one of the others goes.
-        if n % 3 == 0 && older != digest && expected.lock().unwrap().images.contains_key(&digest) {
+        if n.is_multiple_of(3) && older != digest && expected.lock().unwrap().images.contains_key(&digest) {
             let moved = format!("t{}", n - 1);
             if put_manifest(&client, &base, &repo, &moved, &image(w, n).manifest).await == StatusCode::CREATED {
                 expected.lock().unwrap().tags.insert((repo.clone(), moved), digest.clone());
@@ -240,7 +240,7 @@ async fn race(kill: bool) {
     let out = collect_cmd(&server.config).output().unwrap();
     assert!(out.status.success());
 
-    let e = expected.lock().unwrap();
+    let e = std::mem::take(&mut *expected.lock().unwrap());
     eprintln!(
         "{} images kept, {} tags, {} pushes refused cleanly; collections: {finished} finished, {killed} killed, {deleted} blobs deleted",
         e.images.len(),

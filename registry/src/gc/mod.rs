@@ -248,6 +248,7 @@ impl Run {
 /// One collection from the command line: the configured rules and protected
 /// file, the report saved where the serving processes find it and returned as JSON.
 pub async fn collect_once(config: &crate::config::Config, dry_run: bool) -> Result<Option<String>, String> {
+    schedule::lowest_priority();
     let storage = crate::storage::FsStorage::open(&config.storage.root)
         .map_err(|e| format!("opening storage at {}: {e}", config.storage.root.display()))?;
     let collector = Arc::new(Collector::new(Arc::new(storage), config.gc.clone(), config.retention.clone()));

@@ -50,6 +50,29 @@ pub struct Scheduler {
     pub hooks: Hooks,
 }
 
+/// Runs `scheduler` on a thread of its own at the lowest CPU priority, with
+/// its own runtime, so a collection takes what requests leave of the CPU and
+/// none of the request runtime's threads. Threads inherit their creator's
+/// priority, so the collector's blocking steps run at it too.
+pub fn spawn_idle(scheduler: Scheduler) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().thread_name("berth-gc-io").build()?;
+    std::thread::Builder::new().name("berth-gc".into()).spawn(move || {
+        lowest_priority();
+        runtime.block_on(scheduler.run());
+    })?;
+    Ok(())
+}
+
+/// Lowers the calling thread's CPU priority to nice 19 (best effort: an
+/// unprivileged process may always lower its own priority).
+pub fn lowest_priority() {
+    // SAFETY: plain syscalls on the calling thread; no memory is passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}
+
 /// When the last collection of `report` finished.
 fn finished(report: &Report) -> Option<SystemTime> {
     humantime::parse_rfc3339(&report.last_collection.as_ref()?.finished).ok()
