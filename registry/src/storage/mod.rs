@@ -14,6 +14,7 @@
 
 mod error;
 pub mod fs;
+pub mod usage;
 
 use std::io;
 use std::ops::Range;
@@ -30,6 +31,7 @@ use crate::names::{RepoName, Tag, UploadId};
 
 pub use error::{Error, Result};
 pub use fs::FsStorage;
+pub use usage::{Scan, UsageBook};
 
 /// A request body as it arrives: never collected whole in memory.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
