@@ -107,21 +107,22 @@ async fn a_full_repository_refuses_new_sessions_and_other_repositories_do_not() 
 
 #[tokio::test]
 async fn a_chunk_of_unknown_length_is_cut_off_as_it_passes_the_limit() {
-    let reg = limited(100_000, 0).await;
+    let reg = limited(2_000_000, 0).await;
     let data = content(7, 50_000);
     let location = start(&reg, "streamed").await;
     let r = reg.req(Method::PATCH, &location).body(data[..40_000].to_vec()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let location = header(&r, "location");
 
-    // 6 x 10 001 bytes after 40 000: the sixth chunk passes 100 000. Sent as a
-    // stream, so the request is chunked and announces no length.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..6).map(|i| Ok(content(100 + i, 10_001))).collect();
+    // 8 x 250 000 bytes after 40 000: the last chunk passes 2 000 000, long after
+    // the first ones went to disk. Sent as a stream, so the request is chunked
+    // and announces no length.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..8).map(|i| Ok(content(100 + i, 250_000))).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     let r = reg.req(Method::PATCH, &location).body(body).send().await.unwrap();
     let message = assert_error(r, StatusCode::FORBIDDEN, "DENIED").await;
-    assert!(message.contains("quota of repository streamed: 0 of 100000 bytes are used"), "{message}");
-    assert!(message.contains("needs at least 100006 more"), "{message}");
+    assert!(message.contains("quota of repository streamed: 0 of 2000000 bytes are used"), "{message}");
+    assert!(message.contains("needs at least 2040000 more"), "{message}");
 
     // The session is where it was, on the wire and on disk, and nothing else stayed.
     let r = reg.get(&location).await;
@@ -133,15 +134,11 @@ async fn a_chunk_of_unknown_length_is_cut_off_as_it_passes_the_limit() {
 
     // A last chunk with a known length that does not fit is refused before it is read.
     let digest = Digest::of(Algorithm::Sha256, &data);
-    let r = reg.req(Method::PUT, &format!("{location}?digest={digest}")).body(content(8, 60_001)).send().await.unwrap();
+    let finish = format!("{location}?digest={digest}");
+    let r = reg.req(Method::PUT, &finish).body(content(8, 1_960_001)).send().await.unwrap();
     assert_error(r, StatusCode::FORBIDDEN, "DENIED").await;
     // One that fits finishes the blob.
-    let r = reg
-        .req(Method::PUT, &format!("{location}?digest={digest}"))
-        .body(data[40_000..].to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = reg.req(Method::PUT, &finish).body(data[40_000..].to_vec()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
     assert_eq!(reg.get(&format!("/v2/streamed/blobs/{digest}")).await.bytes().await.unwrap(), data);
 }
