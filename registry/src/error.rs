@@ -61,6 +61,9 @@ pub enum Error {
     /// The client is known but may not do this.
     #[error("{0}")]
     Denied(String),
+    /// The filesystem under the storage is full; nothing of the failed write stays.
+    #[error("the registry's storage is full")]
+    InsufficientStorage,
     /// A service the registry depends on (the Kubernetes API server) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -100,6 +103,12 @@ impl From<storage::Error> for Error {
             S::DigestMismatch => Error::DigestMismatch,
             e @ S::Body(_) => Error::UploadInvalid(e.to_string()),
             S::ReferencesUnknown(missing) => Error::ManifestBlobUnknown(missing),
+            S::QuotaExceeded(exceeded) => Error::Denied(exceeded.to_string()),
+            S::StorageFull(e) => {
+                // The client hears only that the storage is full; the operator, where.
+                tracing::error!(error = %e, "the storage is full");
+                Error::InsufficientStorage
+            }
             e @ (S::Corrupt(..) | S::Io(_) | S::Task(_)) => Error::Internal(e.to_string()),
         }
     }

@@ -23,7 +23,7 @@ use crate::config::{Config, LimitsConfig};
 use crate::gc::Collector;
 use crate::gc::schedule::{Hooks, Scheduler};
 use crate::net::{self, Activity, Tracked};
-use crate::storage::{FsStorage, Storage};
+use crate::storage::{FsStorage, Quota, Storage, UsageBook};
 use crate::tls;
 
 /// How long requests in flight may take to finish after shutdown begins.
@@ -58,20 +58,39 @@ fn is_loopback(listen: &str) -> bool {
     listen.rsplit_once(':').is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }
 
-/// Opens the storage and builds the HTTP application for `config`; starts the
-/// cleanup of what clients and crashes leave behind, and the garbage collector.
-pub fn build(config: Config) -> Result<axum::Router, String> {
-    let storage: Arc<dyn Storage> = Arc::new(
+/// The storage as the server uses it. The garbage collector walks `fs` and
+/// hands its figures to `usage` ([`UsageBook::replace`]); requests go through
+/// `storage`, which enforces the quotas and keeps `usage` current between scans.
+pub struct Stores {
+    pub fs: Arc<FsStorage>,
+    pub usage: Arc<UsageBook>,
+    pub storage: Arc<dyn Storage>,
+}
+
+/// Opens the storage root of `config`. The quota layer is always there, since
+/// it also keeps the usage: a map lookup and a stat or two per write, nothing on
+/// a pull.
+pub fn open_storage(config: &Config) -> Result<Stores, String> {
+    let fs = Arc::new(
         FsStorage::open(&config.storage.root)
             .map_err(|e| format!("opening storage at {}: {e}", config.storage.root.display()))?,
     );
+    let usage = Arc::new(UsageBook::new());
+    let storage: Arc<dyn Storage> = Arc::new(Quota::new(fs.clone(), config.quota.clone(), usage.clone()));
+    Ok(Stores { fs, usage, storage })
+}
+
+/// Opens the storage and builds the HTTP application for `config`; starts the
+/// cleanup of what clients and crashes leave behind, and the garbage collector.
+pub fn build(config: Config) -> Result<axum::Router, String> {
+    let Stores { fs, usage, storage } = open_storage(&config)?;
     let age = match config.uploads.purge_after_hours {
         0 => Duration::MAX,
         hours => Duration::from_secs(hours.saturating_mul(3600)),
     };
     tokio::spawn(purge(storage.clone(), age));
-    let collector = Arc::new(Collector::new(storage.clone(), config.gc.clone(), config.retention.clone()));
-    crate::gc::schedule::spawn_idle(Scheduler { collector, requests: None, hooks: Hooks::default() })
+    let collector = Arc::new(Collector::new(fs, config.gc.clone(), config.retention.clone()));
+    crate::gc::schedule::spawn_idle(Scheduler { collector, requests: None, hooks: Hooks::from_book(usage) })
         .map_err(|e| format!("starting the garbage collector: {e}"))?;
     let app = App::new(config, storage)?;
     Ok(router(app))

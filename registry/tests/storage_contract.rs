@@ -5,7 +5,10 @@ mod common;
 #[macro_use]
 mod contract;
 
-use berth_registry::storage::FsStorage;
+use std::sync::Arc;
+
+use berth_registry::config::QuotaConfig;
+use berth_registry::storage::{FsStorage, Quota, UsageBook};
 
 /// The filesystem backend on a fresh temporary directory, removed when the
 /// returned guard drops.
@@ -17,4 +20,17 @@ async fn fs_backend() -> (FsStorage, tempfile::TempDir) {
 
 mod fs {
     storage_contract!(super::fs_backend());
+}
+
+/// The quota layer over the filesystem backend, with limits set (far above what
+/// the contract stores) so every check and stream cap runs: it must keep the
+/// contract of what it wraps.
+async fn quota_backend() -> (Quota<FsStorage>, tempfile::TempDir) {
+    let (fs, dir) = fs_backend().await;
+    let config = QuotaConfig { total_bytes: 1 << 40, repository_bytes: 1 << 40, overrides: Vec::new() };
+    (Quota::new(Arc::new(fs), config, Arc::new(UsageBook::new())), dir)
+}
+
+mod quota {
+    storage_contract!(super::quota_backend());
 }

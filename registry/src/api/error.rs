@@ -32,6 +32,10 @@ pub fn code_and_status(e: &Error) -> (&'static str, StatusCode) {
         Unauthorized { .. } => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
         Denied(_) => ("DENIED", StatusCode::FORBIDDEN),
         Unavailable(_) => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
+        // Distribution answers a full disk with 500; 507 tells the client (and the
+        // operator reading logs) that retrying will not help until space is freed.
+        // The spec has no code for it, so the code is UNKNOWN.
+        InsufficientStorage => ("UNKNOWN", StatusCode::INSUFFICIENT_STORAGE),
         Internal(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
     }
 }

@@ -58,7 +58,9 @@ pub async fn start(app: &App, repo: &RepoName, req: Req) -> Result<Response> {
     } else if let Some(digest) = req.param("digest") {
         let digest = parse_digest(digest)?;
         let _slot = app.limits.upload()?;
-        app.storage.blob_put(repo, &digest, req.into_stream(app.limits.body_idle)).await?;
+        // The announced length lets a quota refuse the push before its body is read.
+        let len = req.content_length()?;
+        app.storage.blob_put_sized(repo, &digest, len, req.into_stream(app.limits.body_idle)).await?;
         return Ok(created(repo, &digest));
     }
     let algorithm = match req.param("digest-algorithm") {

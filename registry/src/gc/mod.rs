@@ -36,7 +36,8 @@ use crate::storage::{Error, Storage};
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tally {
     pub usage: Usage,
-    /// Bytes each repository holds: its manifests and every blob it links.
+    /// Bytes each repository holds: every blob it links (manifests count in
+    /// the total only, as the quota book counts them).
     pub repositories: BTreeMap<String, u64>,
 }
 
@@ -231,7 +232,10 @@ impl Run {
         let repositories: BTreeMap<String, u64> = self
             .held
             .iter()
-            .map(|(repo, digests)| (repo.clone(), digests.iter().filter_map(|d| sizes.get(d)).sum()))
+            .map(|(repo, digests)| {
+                let blobs = digests.iter().filter(|d| !self.manifest_contents.contains(*d));
+                (repo.clone(), blobs.filter_map(|d| sizes.get(d)).sum())
+            })
             .collect();
         let usage = Usage {
             bytes,

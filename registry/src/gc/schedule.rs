@@ -38,6 +38,24 @@ pub struct Hooks {
     pub usage: Box<dyn Fn() -> Option<Usage> + Send + Sync>,
 }
 
+impl Hooks {
+    /// The quota book takes each pass's figures and answers for usage between them.
+    pub fn from_book(book: Arc<crate::storage::UsageBook>) -> Hooks {
+        let reader = book.clone();
+        Hooks {
+            on_tally: Box::new(move |tally: &Tally| {
+                book.replace(crate::storage::Scan {
+                    bytes: tally.usage.bytes,
+                    blobs: tally.usage.blobs,
+                    manifests: tally.usage.manifests,
+                    repositories: tally.repositories.clone(),
+                })
+            }),
+            usage: Box::new(move || reader.scanned().then(|| reader.usage())),
+        }
+    }
+}
+
 impl Default for Hooks {
     fn default() -> Self {
         Hooks { on_tally: Box::new(|_| {}), usage: Box::new(|| None) }

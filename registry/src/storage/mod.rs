@@ -12,9 +12,12 @@
 //! - a tag whose write was acknowledged is never lost to a concurrent delete of
 //!   another manifest, and never points at a deleted manifest.
 
+mod capped;
 mod error;
 pub mod fs;
 pub mod lifecycle;
+mod quota;
+pub mod usage;
 
 use std::io;
 use std::ops::Range;
@@ -29,9 +32,11 @@ use crate::digest::{Algorithm, Digest};
 use crate::manifest::ReferrerDescriptor;
 use crate::names::{RepoName, Tag, UploadId};
 
-pub use error::{Error, Result};
+pub use error::{Error, Exceeded, QuotaScope, Result};
 pub use fs::FsStorage;
 pub use lifecycle::Lifecycle;
+pub use quota::Quota;
+pub use usage::{Scan, UsageBook};
 
 /// A request body as it arrives: never collected whole in memory.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -85,6 +90,21 @@ pub trait Blobs: Send + Sync + 'static {
     async fn blob_mount(&self, to: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<bool>;
     /// Stores a whole blob from one body, verifying `digest`. Returns its size.
     async fn blob_put(&self, repo: &RepoName, digest: &Digest, body: ByteStream) -> Result<u64>;
+    /// [`Blobs::blob_put`] of a body whose length the client announced (`len`),
+    /// so a layer above (quotas) can refuse it before reading a byte.
+    async fn blob_put_sized(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let _ = len;
+        self.blob_put(repo, digest, body).await
+    }
+    /// The size of a blob (or manifest content) stored under `digest` in any
+    /// repository, or `None`: one stat, for usage accounting.
+    async fn blob_stored(&self, digest: &Digest) -> Result<Option<u64>>;
 }
 
 #[async_trait]

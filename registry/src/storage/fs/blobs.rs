@@ -113,6 +113,14 @@ impl Blobs for FsStorage {
         }
     }
 
+    async fn blob_stored(&self, digest: &Digest) -> Result<Option<u64>> {
+        match tokio::fs::metadata(self.blob_path(digest)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn blob_read(&self, repo: &RepoName, digest: &Digest, range: Range<u64>) -> Result<ByteStream> {
         if !self.is_linked(repo, digest).await? {
             return Err(Error::BlobUnknown);

@@ -15,7 +15,7 @@ use crate::storage::{Error, Result};
 /// syscalls or one batch of bytes), so no request holds a thread while it waits
 /// for its client.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Task(e.to_string()))?.map_err(Error::Io)
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Task(e.to_string()))?.map_err(Error::from)
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -9,9 +9,8 @@
 //! Every request that changes a session holds an exclusive `flock` on its data
 //! file ([`Session`]), so two requests, on one replica or on two, never write it at
 //! once. A chunk is acknowledged only after its bytes are synced and the new state
-//! is atomically and durably in place. Bytes beyond the recorded size (a chunk
-//! that failed or was being written when the process died) are cut off before the
-//! next write.
+//! is atomically and durably in place. Bytes of a chunk that failed are cut off
+//! at once; those of one being written when the process died, before the next write.
 
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -99,7 +98,20 @@ impl FsStorage {
             Ok(file)
         })
         .await?;
-        let written = write_stream(file, offset, hasher, body).await?;
+        // A descriptor of the same open file: the lock stays held through it after
+        // a failed stream dropped the other, while the chunk is cut off.
+        let keep = file.try_clone()?;
+        let written = match write_stream(file, offset, hasher, body).await {
+            Ok(written) => written,
+            Err(e) => {
+                // At once rather than at the next write: a full disk or a refused
+                // push must not keep holding the space. Best effort; the next
+                // write cuts them anyway.
+                let _ = blocking(move || keep.set_len(offset)).await;
+                return Err(e);
+            }
+        };
+        drop(keep);
         if let Some(announced) = chunk.len
             && announced != written.len
         {
