@@ -28,11 +28,11 @@ impl FsStorage {
         let (entry, blob, link) = (self.catalog_entry(repo), self.blob_path(digest), self.layer_link(repo, digest));
         let sweep = self.sweep_lock();
         blocking(move || {
-            catalog::mark(&entry)?;
             let _sweep = SweepLock::shared(&sweep)?;
             if !durable::set_modified_now(&blob)? {
-                return Ok(false);
+                return Ok(false); // and no catalog entry for a failed mount
             }
+            catalog::mark(&entry)?;
             if !durable::set_modified_now(&link)? {
                 durable::touch(&link)?;
             }

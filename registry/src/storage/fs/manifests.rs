@@ -156,6 +156,12 @@ impl Manifests for FsStorage {
     /// repository's record, the referrers entry and the tags. A crash in between
     /// leaves only unreferenced content or an untagged manifest behind.
     async fn manifest_put(&self, repo: &RepoName, put: ManifestPut) -> Result<()> {
+        // Once before the lock, so a push that is refused anyway (often into a
+        // repository that does not exist) takes no lock and leaves no file.
+        let missing = self.missing_references(repo, &put).await?;
+        if !missing.is_empty() {
+            return Err(Error::ReferencesUnknown(missing));
+        }
         let guard = RepoGuard::lock(self.tags_lock(repo)).await?;
         let missing = self.missing_references(repo, &put).await?;
         if !missing.is_empty() {
