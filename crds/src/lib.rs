@@ -130,7 +130,7 @@ pub struct GcSpec {
     /// host, say), besides its Service's names, its cluster IP and, with node
     /// access, `localhost:<port>`. Images of pods named through them are kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(h, h.matches('^[^/@ ]+$'))").message("gc.protectedHosts: each is a host or host:port, without a path"))]
+    #[schemars(length(max = 64), inner(regex(pattern = r"^[^/@\s]+$"), length(min = 1, max = 253)))]
     pub protected_hosts: Vec<String>,
 }
 
