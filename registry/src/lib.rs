@@ -18,6 +18,8 @@ pub mod error;
 #[cfg(feature = "server")]
 pub mod forward;
 #[cfg(feature = "server")]
+pub mod gc_exchange;
+#[cfg(feature = "server")]
 pub mod manifest;
 #[cfg(feature = "server")]
 pub mod names;
