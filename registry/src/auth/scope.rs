@@ -100,7 +100,6 @@ pub fn rules_allow(rules: &[AccessRule], user: &str, scope: &Scope) -> bool {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
