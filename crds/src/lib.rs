@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 pub use berth_registry::config::{AccessRule, Action, Anonymous};
-use berth_registry::config::{LimitsConfig, ManifestsConfig};
+use berth_registry::config::{LimitsConfig, ManifestsConfig, QuotaConfig, RetentionConfig, Span};
+use berth_registry::report::{Collection, Usage};
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -18,6 +19,11 @@ pub const GROUP: &str = "berth.dev";
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// True while the registry's volume is more than [`STORAGE_PRESSURE_PERCENT`] full.
+pub const STORAGE_PRESSURE: &str = "StoragePressure";
+pub const STORAGE_PRESSURE_PERCENT: u8 = 85;
+/// Annotation on a Registry asking for a garbage collection: any new value starts one.
+pub const COLLECT_ANNOTATION: &str = "berth.dev/collect";
 
 /// An OCI/Docker registry running in the cluster, storing images on a PersistentVolume.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -32,10 +38,12 @@ pub const DEGRADED: &str = "Degraded";
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"Used","type":"string","jsonPath":".status.used"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self.replicas <= 1 || self.storage.accessModes.exists(m, m == 'ReadWriteMany')").message("more than one replica needs storage.accessModes to include ReadWriteMany"))]
 #[x_kube(validation = Rule::new("!has(self.tls) || !has(self.nodeAccess) || !self.nodeAccess.enabled").message("nodeAccess serves plain HTTP on the nodes' localhost and cannot forward to a TLS registry yet; turn one off"))]
+#[x_kube(validation = Rule::new("!has(self.retention) || !has(self.retention.rules) || self.retention.rules.all(r, size(r.repositories) > 0 && (has(r.tags) || has(r.untaggedAfter)))").message("retention.rules: every rule names repositories, and tags or untaggedAfter (a rule with neither keeps everything)"))]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySpec {
     /// Number of registry pods. More than one needs ReadWriteMany storage.
@@ -89,6 +97,60 @@ pub struct RegistrySpec {
     /// Serve HTTPS with the certificate of a `kubernetes.io/tls` Secret; plain HTTP when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// Online garbage collection of what nothing references, and which images are
+    /// never deleted because pods refer to them.
+    #[serde(default)]
+    pub gc: GcSpec,
+    /// Which tags and untagged manifests the collector deletes; the registry's own config type.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// Byte limits for the whole registry and per repository; the registry's own config type.
+    #[serde(default)]
+    pub quota: QuotaConfig,
+}
+
+/// When the registry collects garbage. Images that any pod in the cluster refers
+/// to through this registry (any phase, Pending included) are never deleted:
+/// the operator lists them for the registry.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GcSpec {
+    /// Time between scheduled collections; `0s` collects only on demand (the
+    /// `berth.dev/collect` annotation).
+    #[serde(default = "default_gc_interval")]
+    pub interval: Span,
+    /// Unreferenced content younger than this is kept: a layer uploaded before
+    /// the manifest that will reference it, a tag pushed a moment ago.
+    #[serde(default = "default_grace_period")]
+    pub grace_period: Span,
+    /// Report what would be deleted, delete nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// More `host[:port]` names by which pods refer to this registry (an Ingress
+    /// host, say), besides its Service's names, its cluster IP and, with node
+    /// access, `localhost:<port>`. Images of pods named through them are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(regex(pattern = r"^[^/@\s]+$"), length(min = 1, max = 253)))]
+    pub protected_hosts: Vec<String>,
+}
+
+impl Default for GcSpec {
+    fn default() -> Self {
+        GcSpec {
+            interval: default_gc_interval(),
+            grace_period: default_grace_period(),
+            dry_run: false,
+            protected_hosts: Vec::new(),
+        }
+    }
+}
+
+fn default_gc_interval() -> Span {
+    Span::secs(24 * 3600)
+}
+
+fn default_grace_period() -> Span {
+    Span::secs(3600)
 }
 
 /// Access control. Clients authenticate with a Kubernetes token (a ServiceAccount's,
@@ -344,7 +406,7 @@ pub struct RegistryStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Progressing and Degraded.
+    /// Ready, Progressing, Degraded and, once the registry reported its usage, StoragePressure.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -358,6 +420,15 @@ pub struct RegistryStatus {
     /// authentication is on: `kubectl create token <sa> --audience <this>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+    /// What the registry last reported about its storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Bytes stored, for people: `1.2Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<String>,
+    /// The last garbage collection the registry reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_collection: Option<Collection>,
 }
 
 /// The CRD as YAML, as committed in `manifests/crds/`.

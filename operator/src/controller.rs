@@ -2,22 +2,25 @@
 //! [`crate::resources`], skipping any whose applied hash already matches, and
 //! writes status only when it changed. Idle means no writes at all.
 
+mod lifecycle;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_crds::{Registry, RetentionPolicy};
+use berth_crds::{Registry, RegistryStatus, RetentionPolicy, STORAGE_PRESSURE};
+use berth_registry::report::Report;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -25,7 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::resources::{self, OWNER_UID, applied_hash, quantity_bytes, with_applied_hash};
-use crate::status;
+use crate::{images, status};
 
 /// Field manager of every server-side apply, and the finalizer's name.
 pub const MANAGER: &str = "berth-operator";
@@ -40,12 +43,28 @@ pub struct Context {
     /// Registry image used when a Registry names none.
     pub image: String,
     failures: Mutex<HashMap<ObjectRef<Registry>, u32>>,
+    /// Every Pod in the cluster, reduced to its image references.
+    pods: Store<Pod>,
+    /// Fills `pods`; taken by [`run`].
+    pods_writer: Mutex<Option<reflector::store::Writer<Pod>>>,
+    /// Per Registry, which Pod events concern it.
+    targets: Mutex<HashMap<ObjectRef<Registry>, lifecycle::Targets>>,
 }
 
 impl Context {
     pub fn new(client: Client, metrics: Arc<Metrics>, image: String) -> Arc<Self> {
         let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: None });
-        Arc::new(Context { client, metrics, recorder, image, failures: Mutex::default() })
+        let (pods, writer) = reflector::store();
+        Arc::new(Context {
+            client,
+            metrics,
+            recorder,
+            image,
+            failures: Mutex::default(),
+            pods,
+            pods_writer: Mutex::new(Some(writer)),
+            targets: Mutex::default(),
+        })
     }
 
     /// Publishes an event; `action` names what was acted on, so events about
@@ -63,11 +82,21 @@ impl Context {
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let registries = Api::<Registry>::all(client.clone());
+    let writer = ctx.pods_writer.lock().expect("not poisoned").take().expect("the controller runs once");
+    // One watch of every Pod both fills the cache the protected lists are made
+    // from and triggers the Registries whose pods came, changed or went.
+    let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default().any_semantic())
+        .modify(images::slim)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    let mapper = ctx.clone();
     Controller::new(registries, watcher::Config::default().any_semantic())
         .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
         .owns(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
         .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
+        .watches_stream(pods, move |pod| mapper.registries_using(&pod))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -233,6 +262,8 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
 
     let mut changes = Vec::new();
     let mut problem = None;
+    // Kept from the status while a problem stops the steps that read a new one.
+    let mut report = status::last_report(reg);
     match ensure_claim(ctx, reg, &claims).await {
         Ok(change) => changes.push(("PersistentVolumeClaim", change)),
         Err(e @ Error::ForeignClaim(_)) => problem = Some(e.to_string()),
@@ -252,10 +283,12 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
             ));
             let svc = Api::<Service>::namespaced(client.clone(), &namespace);
             changes.push(("Service", apply_if_changed(ctx, &svc, resources::service(reg)).await?));
-            node_access(ctx, reg, &mut changes).await
+            node_access(ctx, reg, &mut changes).await?;
+            lifecycle::apply(ctx, reg, &mut changes).await
         };
-        if let Err(e) = steps.await {
-            return fail(reg, ctx, e).await;
+        match steps.await {
+            Ok(r) => report = r,
+            Err(e) => return fail(reg, ctx, e).await,
         }
     }
     for (kind, change) in &changes {
@@ -268,17 +301,19 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
     }
     let deployment = deployments.get_opt(&reg.name_any()).await?;
     let became_degraded = problem.is_some() && !is_degraded(reg);
-    write_status(reg, ctx, deployment.as_ref(), problem.as_deref()).await?;
+    let status = write_status(reg, ctx, deployment.as_ref(), problem.as_deref(), report.as_ref()).await?;
     if let (true, Some(p)) = (became_degraded, problem) {
         ctx.event(reg, EventType::Warning, "Degraded", "Reconcile", p).await;
+    }
+    let pressure = status.conditions.iter().find(|c| c.type_ == STORAGE_PRESSURE && c.status == "True");
+    if let (false, Some(c)) = (status::is_true(reg, STORAGE_PRESSURE), pressure) {
+        ctx.event(reg, EventType::Warning, STORAGE_PRESSURE, "Storage", c.message.clone()).await;
     }
     Ok(Action::requeue(RESYNC))
 }
 
 fn is_degraded(reg: &Registry) -> bool {
-    reg.status
-        .as_ref()
-        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == berth_crds::DEGRADED && c.status == "True"))
+    status::is_true(reg, berth_crds::DEGRADED)
 }
 
 /// Reports a failed step in the status and as an event, then hands the error
@@ -291,36 +326,46 @@ async fn fail(reg: &Registry, ctx: &Context, error: Error) -> Result<Action> {
     let namespace = reg.namespace().unwrap_or_default();
     let deployment =
         Api::<Deployment>::namespaced(ctx.client.clone(), &namespace).get_opt(&reg.name_any()).await.ok().flatten();
-    let _ = write_status(reg, ctx, deployment.as_ref(), Some(&message)).await;
+    let _ = write_status(reg, ctx, deployment.as_ref(), Some(&message), status::last_report(reg).as_ref()).await;
     Err(error)
 }
 
+/// Writes the status if it changed; returns it.
 async fn write_status(
     reg: &Registry,
     ctx: &Context,
     deployment: Option<&Deployment>,
     problem: Option<&str>,
-) -> Result<()> {
+    report: Option<&Report>,
+) -> Result<RegistryStatus> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let status = status::desired(reg, deployment, problem, now);
+    let status = status::desired(reg, deployment, problem, report, now);
     if reg.status.as_ref() == Some(&status) {
-        return Ok(());
+        return Ok(status);
     }
     ctx.metrics.writes.inc();
     let api = Api::<Registry>::namespaced(ctx.client.clone(), &reg.namespace().unwrap_or_default());
     let mut patch = serde_json::json!({ "status": status });
     // A merge patch leaves out what it does not mention: a field that went away is nulled.
-    if status.audience.is_none() {
-        patch["status"]["audience"] = serde_json::Value::Null;
+    for (field, absent) in [
+        ("audience", status.audience.is_none()),
+        ("usage", status.usage.is_none()),
+        ("used", status.used.is_none()),
+        ("lastCollection", status.last_collection.is_none()),
+    ] {
+        if absent {
+            patch["status"][field] = serde_json::Value::Null;
+        }
     }
     api.patch_status(&reg.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
+    Ok(status)
 }
 
 /// On deletion: delete the objects outside the Registry's namespace, and the
 /// claim if the retention policy says so; owned objects are garbage-collected
 /// through their owner references.
 async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action> {
+    ctx.forget(reg);
     let (hosting_ns, hosting_name) = resources::LOCAL_REGISTRY_HOSTING;
     let hosting = Api::<ConfigMap>::namespaced(ctx.client.clone(), hosting_ns);
     remove_if_ours(ctx, &hosting, hosting_name, marked_for(reg)).await?;

@@ -14,6 +14,9 @@ pub enum Error {
     /// A ServiceAccount with the registry's account name exists but was not created for it.
     #[error("ServiceAccount {0} exists and does not belong to this Registry; it is not bound or used")]
     ForeignAccount(String),
+    /// Without a complete list of Pods the images in use are unknown.
+    #[error("the Pods of the cluster could not be listed; no protected images are published until they are")]
+    PodsNotListed,
 }
 
 impl Error {
@@ -25,6 +28,7 @@ impl Error {
             Error::Invalid(_) => "invalid",
             Error::ForeignClaim(_) => "foreign_claim",
             Error::ForeignAccount(_) => "foreign_account",
+            Error::PodsNotListed => "pods_not_listed",
         }
     }
 }

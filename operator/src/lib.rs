@@ -1,11 +1,13 @@
 //! berth-operator: reconciles `Registry` resources (berth.dev/v1alpha1) into a
 //! ConfigMap with the registry's configuration, a PersistentVolumeClaim, a
 //! ServiceAccount (with a ClusterRoleBinding to review tokens), a Deployment
-//! and a Service.
+//! and a Service; and for the registry's garbage collector the images pods use
+//! (ConfigMap `<name>-gc-requests`), reading its usage report back (`<name>-usage`).
 
 pub mod controller;
 pub mod error;
 pub mod http;
+pub mod images;
 pub mod metrics;
 pub mod resources;
 pub mod status;

@@ -23,6 +23,11 @@ pub use auth::{
     audience, auth_config, cluster_role_binding, cluster_role_binding_name, kubernetes_auth, service_account,
     service_account_name, tls_config,
 };
+mod lifecycle;
+pub use lifecycle::{
+    collector_config, gc_requests, gc_requests_name, registry_hosts, registry_role, registry_role_binding,
+    registry_role_name, usage_config_map, usage_name,
+};
 
 /// Where the registry listens inside its container.
 pub const REGISTRY_PORT: i32 = 5000;
@@ -78,6 +83,9 @@ pub fn registry_config(reg: &Registry) -> Config {
         limits: reg.spec.limits.clone(),
         auth: auth_config(reg),
         tls: tls_config(reg),
+        gc: collector_config(reg),
+        retention: reg.spec.retention.clone(),
+        quota: reg.spec.quota.clone(),
         ..Config::default()
     };
     config.storage.root = DATA_DIR.into();
@@ -209,8 +217,9 @@ pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
     let pod = PodSpec {
         containers: vec![container],
         service_account_name: Some(service_account_name(reg)),
-        // API credentials only to review the tokens clients send.
-        automount_service_account_token: Some(kubernetes_auth(reg)),
+        // API credentials to read the collector's requests and publish its report
+        // (the Role `<name>-registry`), and to review tokens while that is on.
+        automount_service_account_token: Some(true),
         security_context: Some(pod_security()),
         volumes: Some(volumes),
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),

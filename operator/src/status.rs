@@ -1,6 +1,7 @@
 //! The Registry's status, computed from what the operator observed. Pure.
 
-use berth_crds::{DEGRADED, PROGRESSING, READY, Registry, RegistryStatus};
+use berth_crds::{DEGRADED, PROGRESSING, READY, Registry, RegistryStatus, STORAGE_PRESSURE, STORAGE_PRESSURE_PERCENT};
+use berth_registry::report::{Report, Usage};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
@@ -18,10 +19,17 @@ fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: O
     }
 }
 
-/// The status for `reg`, given its Deployment (if any) and a problem that stops
-/// the operator (if any). Conditions whose status did not change keep their
-/// `lastTransitionTime`, so an unchanged world yields an identical status.
-pub fn desired(reg: &Registry, deployment: Option<&Deployment>, problem: Option<&str>, now: Time) -> RegistryStatus {
+/// The status for `reg`, given its Deployment (if any), a problem that stops
+/// the operator (if any) and the registry's last report (if any). Conditions
+/// whose status did not change keep their `lastTransitionTime`, so an unchanged
+/// world yields an identical status.
+pub fn desired(
+    reg: &Registry,
+    deployment: Option<&Deployment>,
+    problem: Option<&str>,
+    report: Option<&Report>,
+    now: Time,
+) -> RegistryStatus {
     let generation = reg.metadata.generation;
     let want = reg.spec.replicas;
     let ds = deployment.and_then(|d| d.status.as_ref());
@@ -30,7 +38,7 @@ pub fn desired(reg: &Registry, deployment: Option<&Deployment>, problem: Option<
     let rolled_out = deployment.is_some_and(|d| {
         d.status.as_ref().and_then(|s| s.observed_generation) >= d.metadata.generation && updated >= want
     });
-    let conditions = vec![
+    let mut conditions = vec![
         match problem {
             Some(p) => condition(READY, false, "Degraded", p.to_owned(), generation, &now),
             None if ready >= want => {
@@ -57,6 +65,7 @@ pub fn desired(reg: &Registry, deployment: Option<&Deployment>, problem: Option<
             None => condition(DEGRADED, false, "Reconciled", "all objects are as specified".into(), generation, &now),
         },
     ];
+    conditions.extend(report.map(|r| storage_pressure(&r.usage, generation, &now)));
     let previous = reg.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let conditions = conditions
         .into_iter()
@@ -73,7 +82,67 @@ pub fn desired(reg: &Registry, deployment: Option<&Deployment>, problem: Option<
         ready_replicas: ready,
         endpoint: Some(endpoint(reg)),
         audience: kubernetes_auth(reg).then(|| audience(reg)),
+        usage: report.map(|r| r.usage.clone()),
+        used: report.map(|r| human_bytes(r.usage.bytes)),
+        last_collection: report.and_then(|r| r.last_collection.clone()),
     }
+}
+
+/// True past [`STORAGE_PRESSURE_PERCENT`], Unknown when the registry does not
+/// know its volume's size.
+fn storage_pressure(usage: &Usage, generation: Option<i64>, now: &Time) -> Condition {
+    let Some(percent) = usage.volume_percent() else {
+        let mut c = condition(
+            STORAGE_PRESSURE,
+            false,
+            "VolumeSizeUnknown",
+            "the volume's size is unknown".into(),
+            generation,
+            now,
+        );
+        c.status = "Unknown".into();
+        return c;
+    };
+    let size = usage.volume_bytes.unwrap_or_default();
+    let free = usage.volume_available_bytes.unwrap_or_default();
+    let message = format!(
+        "the volume is {percent}% full: {} of {} free; the registry stores {}",
+        human_bytes(free),
+        human_bytes(size),
+        human_bytes(usage.bytes)
+    );
+    if percent > STORAGE_PRESSURE_PERCENT {
+        condition(STORAGE_PRESSURE, true, "VolumeAlmostFull", message, generation, now)
+    } else {
+        condition(STORAGE_PRESSURE, false, "VolumeHasRoom", message, generation, now)
+    }
+}
+
+/// Bytes with a binary suffix and one decimal, as `kubectl` users read sizes: `1.2Gi`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+    if bytes < 1024 {
+        return bytes.to_string();
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let text = format!("{value:.1}");
+    format!("{}{}", text.strip_suffix(".0").unwrap_or(&text), UNITS[unit])
+}
+
+/// The report the status holds, to keep it while no new one can be read.
+pub fn last_report(reg: &Registry) -> Option<Report> {
+    let status = reg.status.as_ref()?;
+    Some(Report { usage: status.usage.clone()?, last_collection: status.last_collection.clone() })
+}
+
+/// True when the Registry's status has condition `type_` with status True.
+pub fn is_true(reg: &Registry, type_: &str) -> bool {
+    reg.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_ && c.status == "True"))
 }
 
 /// The name used in log lines and events.
@@ -115,7 +184,7 @@ mod tests {
 
     #[test]
     fn pending_pods_are_progressing_not_ready() {
-        let s = desired(&registry(), Some(&deployment(0, 0)), None, now(1));
+        let s = desired(&registry(), Some(&deployment(0, 0)), None, None, now(1));
         assert_eq!(get(&s, READY).status, "False");
         assert_eq!(get(&s, PROGRESSING).status, "True");
         assert_eq!(get(&s, DEGRADED).status, "False");
@@ -128,12 +197,12 @@ mod tests {
     fn no_audience_without_kubernetes_auth() {
         let mut reg = registry();
         reg.spec.auth.kubernetes.enabled = false;
-        assert_eq!(desired(&reg, None, None, now(1)).audience, None);
+        assert_eq!(desired(&reg, None, None, None, now(1)).audience, None);
     }
 
     #[test]
     fn ready_when_all_replicas_are() {
-        let s = desired(&registry(), Some(&deployment(1, 1)), None, now(1));
+        let s = desired(&registry(), Some(&deployment(1, 1)), None, None, now(1));
         assert_eq!(get(&s, READY).status, "True");
         assert_eq!(get(&s, PROGRESSING).status, "False");
         assert_eq!(s.ready_replicas, 1);
@@ -141,7 +210,7 @@ mod tests {
 
     #[test]
     fn problems_degrade() {
-        let s = desired(&registry(), Some(&deployment(1, 1)), Some("claim conflict"), now(1));
+        let s = desired(&registry(), Some(&deployment(1, 1)), Some("claim conflict"), None, now(1));
         assert_eq!(get(&s, READY).status, "False");
         assert_eq!(get(&s, DEGRADED).status, "True");
         assert_eq!(get(&s, DEGRADED).message, "claim conflict");
@@ -150,11 +219,62 @@ mod tests {
     #[test]
     fn unchanged_conditions_keep_their_transition_time() {
         let mut reg = registry();
-        reg.status = Some(desired(&reg, Some(&deployment(0, 0)), None, now(1)));
-        let again = desired(&reg, Some(&deployment(0, 0)), None, now(99));
+        reg.status = Some(desired(&reg, Some(&deployment(0, 0)), None, None, now(1)));
+        let again = desired(&reg, Some(&deployment(0, 0)), None, None, now(99));
         assert_eq!(Some(&again), reg.status.as_ref(), "no change, no new status");
-        let ready = desired(&reg, Some(&deployment(1, 1)), None, now(99));
+        let ready = desired(&reg, Some(&deployment(1, 1)), None, None, now(99));
         assert_eq!(get(&ready, READY).last_transition_time, now(99));
         assert_eq!(get(&ready, DEGRADED).last_transition_time, now(1));
+    }
+
+    fn report(bytes: u64, size: Option<u64>, free: Option<u64>) -> Report {
+        let usage = Usage { bytes, volume_bytes: size, volume_available_bytes: free, ..Default::default() };
+        Report { usage, last_collection: None }
+    }
+
+    #[test]
+    fn no_report_no_usage_and_no_storage_pressure() {
+        let s = desired(&registry(), None, None, None, now(1));
+        assert!(s.usage.is_none() && s.used.is_none() && s.last_collection.is_none());
+        assert!(!s.conditions.iter().any(|c| c.type_ == STORAGE_PRESSURE));
+    }
+
+    #[test]
+    fn a_report_fills_usage_and_pressure_past_85_percent() {
+        let gi = 1024 * 1024 * 1024;
+        let mut collected = report(1288490189, Some(10 * gi), Some(gi));
+        collected.last_collection = Some(berth_registry::report::Collection { bytes_freed: 7, ..Default::default() });
+        let s = desired(&registry(), None, None, Some(&collected), now(1));
+        assert_eq!(s.usage.as_ref().unwrap().bytes, 1288490189);
+        assert_eq!(s.used.as_deref(), Some("1.2Gi"));
+        assert_eq!(s.last_collection.as_ref().unwrap().bytes_freed, 7);
+        let pressure = get(&s, STORAGE_PRESSURE);
+        assert_eq!((pressure.status.as_str(), pressure.reason.as_str()), ("True", "VolumeAlmostFull"));
+        assert_eq!(pressure.message, "the volume is 90% full: 1Gi of 10Gi free; the registry stores 1.2Gi");
+
+        let roomy = desired(&registry(), None, None, Some(&report(5, Some(100), Some(15))), now(1));
+        assert_eq!(get(&roomy, STORAGE_PRESSURE).status, "False", "85% is not yet pressure");
+        let unknown = desired(&registry(), None, None, Some(&report(5, None, None)), now(1));
+        assert_eq!(get(&unknown, STORAGE_PRESSURE).status, "Unknown");
+    }
+
+    #[test]
+    fn the_same_report_gives_the_same_status() {
+        let mut reg = registry();
+        let full = report(1, Some(100), Some(5));
+        reg.status = Some(desired(&reg, None, None, Some(&full), now(1)));
+        assert_eq!(desired(&reg, None, None, Some(&full), now(50)), reg.status.clone().unwrap());
+        reg.metadata.generation = Some(3);
+        assert!(is_true(&reg, STORAGE_PRESSURE));
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(0), "0");
+        assert_eq!(human_bytes(1023), "1023");
+        assert_eq!(human_bytes(1024), "1Ki");
+        assert_eq!(human_bytes(1536), "1.5Ki");
+        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024 * 1024), "5Ti");
+        assert_eq!(human_bytes(u64::MAX), "16Ei");
     }
 }

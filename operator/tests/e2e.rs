@@ -345,7 +345,8 @@ fn access_control_and_tls() {
     assert!(!can("create", "deployments.apps"));
     assert!(!can("create", "clusterrolebindings.rbac.authorization.k8s.io"));
 
-    // Kubernetes authentication off: the binding goes, the pod gets no token.
+    // Kubernetes authentication off: the binding goes; the pod keeps its token,
+    // which the collector needs for its requests and report (the Role <name>-registry).
     let set_kubernetes = |enabled: bool| {
         let patch = format!(r#"{{"spec":{{"auth":{{"kubernetes":{{"enabled":{enabled}}}}}}}}}"#);
         cp.kubectl_ok(&["patch", "registry", "secure", "--type", "merge", "-p", &patch]);
@@ -357,14 +358,15 @@ fn access_control_and_tls() {
         })
     };
     assert!(gone(&cp).is_some(), "the binding outlived Kubernetes authentication");
-    let automount = eventually(60, || {
-        let d = json(&cp, &["get", "deployment", "secure"])?;
-        (d["spec"]["template"]["spec"]["automountServiceAccountToken"] == false).then_some(d)
-    });
-    assert!(automount.is_some(), "the pod still mounts a token");
-    let cm = json(&cp, &["get", "configmap", "secure-config"]).unwrap();
-    let config = berth_registry::Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
-    assert!(config.auth.kubernetes.is_none());
+    let config = eventually(60, || {
+        let cm = json(&cp, &["get", "configmap", "secure-config"])?;
+        let config = berth_registry::Config::from_yaml(cm["data"]["config.yaml"].as_str()?).ok()?;
+        config.auth.kubernetes.is_none().then_some(config)
+    })
+    .expect("the config still reviews tokens");
+    assert!(config.gc.kubernetes.is_some());
+    let d = json(&cp, &["get", "deployment", "secure"]).unwrap();
+    assert_eq!(d["spec"]["template"]["spec"]["automountServiceAccountToken"], true);
     assert!(
         eventually(30, || json(&cp, &["get", "registry", "secure"])?["status"]["audience"].is_null().then_some(()))
             .is_some(),
@@ -540,4 +542,133 @@ fn only_the_lease_holder_reconciles() {
     cp.apply(&registry("two", "{}"));
     assert!(eventually(60, || json(&cp, &["get", "deployment", "two"])).is_some(), "the follower never took over");
     assert!(follower.metric("berth_operator_reconciliations_total").unwrap() > 0);
+}
+
+/// The `protected` lines of `<name>-gc-requests`.
+fn protected(cp: &ControlPlane, name: &str) -> Option<Vec<String>> {
+    let cm = json(cp, &["get", "configmap", &format!("{name}-gc-requests")])?;
+    Some(cm["data"]["protected"].as_str()?.lines().map(str::to_owned).collect())
+}
+
+fn pod(name: &str, namespace: &str, image: &str, init_image: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  initContainers: [{{name: init, image: '{init_image}'}}]\n  containers: [{{name: app, image: '{image}'}}]\n"
+    )
+}
+
+/// The storage lifecycle under the operator: pods' images reach the registry
+/// as protected references within seconds (Pending pods too, no kubelet runs
+/// here), the collect annotation reaches it, and its report comes back into
+/// the status through the ConfigMap its own account may write.
+#[test]
+fn storage_lifecycle() {
+    let (cp, op) = setup();
+    cp.apply(&registry(
+        "life",
+        "{gc: {interval: 6h, protectedHosts: [images.example.test]}, quota: {totalBytes: 5000}}",
+    ));
+    wait_for(&cp, &["get", "configmap", "life-gc-requests"]);
+    let config = wait_for(&cp, &["get", "configmap", "life-config"]);
+    let config = berth_registry::Config::from_yaml(config["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let exchange = config.gc.kubernetes.as_ref().unwrap();
+    assert_eq!((exchange.requests.as_str(), exchange.report.as_str()), ("life-gc-requests", "life-usage"));
+    assert_eq!(config.quota.total_bytes, 5000);
+    let ip = json(&cp, &["get", "service", "life"]).unwrap()["spec"]["clusterIP"].as_str().unwrap().to_owned();
+
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    cp.kubectl_ok(&["create", "namespace", "apps"]);
+    cp.apply(&pod(
+        "web",
+        "apps",
+        "life.default.svc:5000/team/web:v1",
+        &format!("life.default:5000/tools/init@{digest}"),
+    ));
+    cp.apply(&pod("api", "default", &format!("{ip}:5000/team/api:v2"), "images.example.test/base:1"));
+    cp.apply(&pod("foreign", "default", "docker.io/library/nginx:1", "other.default.svc:5000/team/other:v1"));
+    let expected = ["base:1", "team/api:v2", "team/web:v1", &format!("tools/init@{digest}")].map(String::from);
+    let listed = eventually(15, || protected(&cp, "life").filter(|p| p == &expected));
+    assert!(listed.is_some(), "protected images not listed within seconds: {:?}", protected(&cp, "life"));
+
+    // A Pod's label changing leaves the list alone: nothing is written.
+    let writes = op.metric("berth_operator_api_writes_total").unwrap();
+    let reconciles = op.metric("berth_operator_reconciliations_total").unwrap();
+    cp.kubectl_ok(&["label", "pod", "api", "poke=1"]);
+    assert!(
+        eventually(30, || (op.metric("berth_operator_reconciliations_total")? > reconciles).then_some(())).is_some(),
+        "a Pod event did not reach its Registry"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(op.metric("berth_operator_api_writes_total"), Some(writes), "writes for an unchanged list");
+
+    // A deleted Pod's references go.
+    // (Never scheduled, so gone at once: no kubelet has to confirm.)
+    cp.kubectl_ok(&["delete", "pod", "web", "-n", "apps"]);
+    let expected = ["base:1", "team/api:v2"].map(String::from);
+    let listed = eventually(15, || protected(&cp, "life").filter(|p| p == &expected));
+    assert!(listed.is_some(), "deleted pod still protected: {:?}", protected(&cp, "life"));
+
+    // On demand: the annotation's value is the request.
+    cp.kubectl_ok(&["annotate", "registry", "life", "berth.dev/collect=2024-05-01T10:00:00Z"]);
+    let collect = eventually(15, || {
+        let cm = json(&cp, &["get", "configmap", "life-gc-requests"])?;
+        (cm["data"]["collect"] == "2024-05-01T10:00:00Z").then_some(())
+    });
+    assert!(collect.is_some(), "the collect annotation did not reach the registry");
+
+    // The registry's account may read its requests and write its report, nothing else.
+    let can = |verb: &str, resource: &str| registry_account_can(&cp, "life-registry", verb, resource);
+    assert!(eventually(30, || can("patch", "configmap/life-usage").then_some(())).is_some(), "cannot write the report");
+    assert!(can("get", "configmap/life-gc-requests"));
+    assert!(!can("patch", "configmap/life-gc-requests"));
+    assert!(!can("patch", "configmap/other"));
+    assert!(!can("get", "configmap/other"));
+    assert!(!can("get", "configmap/life-config"));
+    let usage = json(&cp, &["get", "configmap", "life-usage"]).unwrap();
+    assert!(usage["data"].is_null(), "the operator applies the report ConfigMap without data");
+
+    // The report, written as the registry does: with a token of its ServiceAccount.
+    let token = cp.kubectl_ok(&["create", "token", "life-registry", "--duration", "10m"]).trim().to_owned();
+    let write_report = |report: &Value| {
+        let patch = serde_json::json!({"data": {"report.json": report.to_string()}}).to_string();
+        let out = cp
+            .kubectl()
+            .args(["--token", &token, "patch", "configmap", "life-usage", "--type", "merge", "-p", &patch])
+            .args(["--field-manager", "berth-registry"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "the registry's account cannot write: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let gi: u64 = 1 << 30;
+    write_report(&serde_json::json!({
+        "usage": {"bytes": 3 * gi / 2, "blobs": 4, "manifests": 2, "repositories": 2,
+                  "volumeBytes": 10 * gi, "volumeAvailableBytes": 5 * gi},
+        "lastCollection": {"request": "2024-05-01T10:00:00Z", "started": "2024-05-01T10:00:01Z",
+                           "finished": "2024-05-01T10:00:02Z", "durationMs": 1000, "dryRun": false,
+                           "blobsDeleted": 3, "manifestsDeleted": 1, "tagsDeleted": 1, "bytesFreed": 2048,
+                           "protectedKept": 2}
+    }));
+    let reg = eventually(15, || json(&cp, &["get", "registry", "life"]).filter(|r| r["status"]["usage"].is_object()))
+        .expect("the report never reached the status");
+    assert_eq!(reg["status"]["usage"]["bytes"], 3 * gi / 2);
+    assert_eq!(reg["status"]["used"], "1.5Gi");
+    assert_eq!(reg["status"]["lastCollection"]["bytesFreed"], 2048);
+    assert_eq!(condition(&reg, "StoragePressure").unwrap().0, "False");
+    let printed = cp.kubectl_ok(&["get", "registry", "life"]);
+    assert!(printed.contains("USED") && printed.contains("1.5Gi"), "{printed}");
+
+    // 90% full: the condition turns True, with a Warning event.
+    write_report(&serde_json::json!({"usage": {"bytes": 9 * gi, "blobs": 9, "manifests": 3, "repositories": 2,
+                                               "volumeBytes": 10 * gi, "volumeAvailableBytes": gi}}));
+    let reg = eventually(15, || {
+        json(&cp, &["get", "registry", "life"])
+            .filter(|r| condition(r, "StoragePressure").is_some_and(|c| c.0 == "True"))
+    })
+    .expect("no StoragePressure at 90%");
+    assert!(condition(&reg, "StoragePressure").unwrap().1.contains("90% full"), "{reg}");
+    assert!(reg["status"]["lastCollection"].is_null(), "a report without a collection clears it");
+    let warned = eventually(15, || {
+        let events = json(&cp, &["get", "events", "--field-selector", "involvedObject.name=life,type=Warning"])?;
+        events["items"].as_array()?.iter().any(|e| e["reason"] == "StoragePressure").then_some(())
+    });
+    assert!(warned.is_some(), "no StoragePressure warning event");
 }

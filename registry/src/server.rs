@@ -90,7 +90,11 @@ pub fn build(config: Config) -> Result<axum::Router, String> {
     };
     tokio::spawn(purge(storage.clone(), age));
     let collector = Arc::new(Collector::new(fs, config.gc.clone(), config.retention.clone()));
-    crate::gc::schedule::spawn_idle(Scheduler { collector, requests: None, hooks: Hooks::from_book(usage) })
+    let requests = config.gc.kubernetes.as_ref().map(|k| {
+        let exchange: Arc<dyn crate::gc::schedule::Requests> = Arc::new(crate::gc::exchange::Exchange::new(k));
+        exchange
+    });
+    crate::gc::schedule::spawn_idle(Scheduler { collector, requests, hooks: Hooks::from_book(usage) })
         .map_err(|e| format!("starting the garbage collector: {e}"))?;
     let app = App::new(config, storage)?;
     Ok(router(app))

@@ -89,7 +89,7 @@ async fn fill_one(s: &FsStorage, args: &Args, i: usize) {
         tags: vec![tag],
     };
     s.manifest_put(&repo, put).await.unwrap();
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         s.manifest_delete(&repo, &digest).await.unwrap();
     }
 }

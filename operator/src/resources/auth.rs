@@ -85,7 +85,8 @@ pub fn service_account_name(reg: &Registry) -> String {
 }
 
 /// The registry pods' identity. No token is mounted because of the account;
-/// the pod asks for one only when it reviews tokens.
+/// the registry pod asks for one itself (it talks to the API server for the
+/// collector, and to review tokens), other pods using the account get none.
 pub fn service_account(reg: &Registry) -> ServiceAccount {
     ServiceAccount {
         metadata: meta(reg, service_account_name(reg), true),

@@ -11,6 +11,7 @@
 //! If a repository cannot be passed over (its lock stays taken, a read fails),
 //! step 3 is skipped: what that repository references is unknown.
 
+pub mod exchange;
 mod plan;
 mod protected;
 pub mod schedule;

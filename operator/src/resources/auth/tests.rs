@@ -83,13 +83,15 @@ fn the_binding_grants_the_reviews_to_the_registry_account_only() {
 }
 
 #[test]
-fn kubernetes_auth_off_renders_no_kubernetes_config_and_mounts_no_token() {
+fn kubernetes_auth_off_renders_no_kubernetes_config() {
     let reg = registry("auth: {kubernetes: {enabled: false}, htpasswd: {secretName: users}}");
     assert!(!kubernetes_auth(&reg));
     assert!(config(&reg).auth.kubernetes.is_none());
     let pod = pod(&reg);
-    assert_eq!(pod.automount_service_account_token, Some(false));
-    assert_eq!(pod.service_account_name.as_deref(), Some("cache-registry"), "the account stays, without a token");
+    // The token stays: the collector reads its requests and writes its report
+    // through the API (the Role <name>-registry), reviews or not.
+    assert_eq!(pod.automount_service_account_token, Some(true));
+    assert_eq!(pod.service_account_name.as_deref(), Some("cache-registry"));
 }
 
 #[test]
@@ -186,7 +188,6 @@ fn anonymous_all_renders_an_open_registry() {
     let auth = config(&reg).auth;
     assert!(auth.is_open());
     assert!(!auth.has_authenticators());
-    assert_eq!(pod(&reg).automount_service_account_token, Some(false));
     let pull = config(&registry("auth: {anonymous: pull}")).auth;
     assert_eq!(pull.anonymous, Anonymous::Pull);
     assert!(!pull.is_open());
