@@ -156,6 +156,7 @@ pub struct TagRetention {
     pub keep: Vec<String>,
     /// Keep this many most recently pushed tags.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>", range(min = 0, max = 1_000_000))]
     pub keep_most_recent: Option<u32>,
     /// Keep tags pushed within this long.
     #[serde(skip_serializing_if = "Option::is_none")]
