@@ -6,8 +6,9 @@
 //!    over `--repos` repositories, a tenth of them deleted again (garbage).
 //! 2. Serves it with `berth-registry`, pushes one large blob and measures pull
 //!    throughput (4 clients) while idle.
-//! 3. Runs `berth-registry collect` (grace period 0) and measures the same pulls
-//!    while it runs. Prints the collection's time and report, and the ratio.
+//! 3. Runs `berth-registry collect` (grace period 0) alone and prints its time
+//!    and report; then runs it again while measuring the same pulls, and
+//!    prints their throughput against the idle figure (before and after).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -175,21 +176,8 @@ async fn main() {
     while !root.join("gc/report.json").exists() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    pulls_for(&url, Duration::from_secs(1)).await; // warm up
-    let idle_before = pulls_for(&url, Duration::from_secs(args.idle_secs)).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let busy = tokio::spawn(pull_until_owned(url.clone(), stop.clone()));
-    let t = Instant::now();
-    let out = Command::new(&args.berth).arg("--config").arg(&config).arg("collect").output().unwrap();
-    let took = t.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let busy = busy.await.unwrap();
-    let idle_after = pulls_for(&url, Duration::from_secs(args.idle_secs)).await;
-    let idle = (idle_before + idle_after) / 2.0;
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The collection alone: the time it takes over the whole store.
+    let (took, report) = collect(&args.berth, &config);
     let c = &report["lastCollection"];
     println!(
         "collection over {blobs} blobs in {} manifests: {:.1} s ({} blobs, {} bytes freed; {} manifests left)",
@@ -199,10 +187,33 @@ async fn main() {
         c["bytesFreed"],
         report["usage"]["manifests"]
     );
+    // Pulls before, during and after a second collection (the same walk over
+    // everything, with nothing left to delete).
+    pulls_for(&url, Duration::from_secs(1)).await; // warm up
+    let idle_before = pulls_for(&url, Duration::from_secs(args.idle_secs)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = tokio::spawn(pull_until_owned(url.clone(), stop.clone()));
+    let (took, _) = collect(&args.berth, &config);
+    stop.store(true, Ordering::Relaxed);
+    let busy = busy.await.unwrap();
+    let idle_after = pulls_for(&url, Duration::from_secs(args.idle_secs)).await;
+    let idle = (idle_before + idle_after) / 2.0;
+    let _ = server.kill();
+    let _ = server.wait();
     println!(
-        "pull throughput idle {idle:.0} MB/s (before {idle_before:.0}, after {idle_after:.0}), during collection {busy:.0} MB/s: {:.2}x",
+        "pull throughput idle {idle:.0} MB/s (before {idle_before:.0}, after {idle_after:.0}), during a collection ({:.1} s) {busy:.0} MB/s: {:.2}x",
+        took.as_secs_f64(),
         busy / idle
     );
+}
+
+/// Runs `berth-registry collect` once; its wall time and report.
+fn collect(berth: &Path, config: &Path) -> (Duration, serde_json::Value) {
+    let t = Instant::now();
+    let out = Command::new(berth).arg("--config").arg(config).arg("collect").output().unwrap();
+    let took = t.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (took, serde_json::from_slice(&out.stdout).unwrap())
 }
 
 /// Pull throughput over `secs`, MB/s.

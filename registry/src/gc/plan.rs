@@ -165,7 +165,8 @@ pub fn decide(snap: &RepoSnapshot, references: impl Fn(usize) -> Option<Referenc
         snap.links.iter().filter(|(d, t)| !keep.contains(d) && *t < inputs.cutoff).map(|(d, _)| d.clone()).collect()
     };
     // A link too young to go keeps its blob.
-    keep.extend(snap.links.iter().filter(|(d, _)| !links.contains(d)).map(|(d, _)| d.clone()));
+    let going: HashSet<&Digest> = links.iter().collect();
+    keep.extend(snap.links.iter().filter(|(d, _)| !going.contains(d)).map(|(d, _)| d.clone()));
     let keep = keep.into_iter().collect();
     Decision {
         plan: RepoPlan { tags: dropped_tags, manifests: dropped, links, keep, kept_manifests, protected_kept },
