@@ -152,7 +152,11 @@ impl Blobs for FsStorage {
             return Err(Error::DigestMismatch); // dropping `tmp` removes the file
         }
         let (_, path) = tmp.keep().map_err(|e| e.error)?;
-        self.publish_blob(path, repo, digest, None).await?;
+        if let Err(e) = self.publish_blob(path.clone(), repo, digest, None).await {
+            // Not renamed yet (a full disk making the link, say): nothing may stay in tmp/.
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e);
+        }
         Ok(written.len)
     }
 }
