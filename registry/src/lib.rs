@@ -20,6 +20,8 @@ pub mod forward;
 #[cfg(feature = "server")]
 pub mod gc;
 #[cfg(feature = "server")]
+mod kube_client;
+#[cfg(feature = "server")]
 pub mod manifest;
 #[cfg(feature = "server")]
 pub mod names;

@@ -48,16 +48,7 @@ impl Kubernetes {
     pub async fn client(&self) -> Result<&kube::Client, AuthError> {
         self.client
             .get_or_try_init(|| async {
-                let config = match &self.kubeconfig {
-                    Some(path) => {
-                        let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(unavailable)?;
-                        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                            .await
-                            .map_err(unavailable)?
-                    }
-                    None => kube::Config::infer().await.map_err(unavailable)?,
-                };
-                kube::Client::try_from(config).map_err(unavailable)
+                crate::kube_client::connect(self.kubeconfig.as_deref()).await.map_err(unavailable)
             })
             .await
     }

@@ -67,19 +67,9 @@ impl Exchange {
     /// [`crate::auth::kubernetes`] makes its own: the registry starts even while
     /// the API server is unreachable.
     async fn client(&self) -> Result<&kube::Client, ExchangeError> {
-        let client = |e: &dyn std::fmt::Display| ExchangeError::Client(e.to_string());
         self.client
             .get_or_try_init(|| async {
-                let config = match &self.kubeconfig {
-                    Some(path) => {
-                        let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| client(&e))?;
-                        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                            .await
-                            .map_err(|e| client(&e))?
-                    }
-                    None => kube::Config::infer().await.map_err(|e| client(&e))?,
-                };
-                kube::Client::try_from(config).map_err(|e| client(&e))
+                crate::kube_client::connect(self.kubeconfig.as_deref()).await.map_err(ExchangeError::Client)
             })
             .await
     }
