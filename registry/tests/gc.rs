@@ -234,6 +234,10 @@ async fn the_collect_command_runs_once_and_waits_for_no_one() {
     let reg = Registry::start().await;
     let d = push(&reg, "app", "a", &[b"cli layer"]).await;
     reg.req(Method::DELETE, &format!("/v2/app/manifests/{d}")).send().await.unwrap();
+    // The server counts the storage at start; the command must not meet that pass.
+    while !reg.root.join("gc/report.json").exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The default grace period (1 h) keeps everything just pushed.
     let out = cli(&reg.root, &["--dry-run"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
