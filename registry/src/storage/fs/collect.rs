@@ -245,8 +245,9 @@ impl Lifecycle for FsStorage {
     }
 
     async fn save_report(&self, json: Bytes) -> Result<()> {
-        let (tmp, path) = (self.tmp_dir(), self.root().join("gc/report.json"));
-        blocking(move || durable::write_atomic(&tmp, &path, &json)).await
+        // Written through gc/ rather than tmp/: tmp/ holds only content on its way.
+        let (dir, path) = (self.root().join("gc"), self.root().join("gc/report.json"));
+        blocking(move || durable::write_atomic(&dir, &path, &json)).await
     }
 }
 
