@@ -435,6 +435,27 @@ fn access_control_and_tls() {
     assert!(json(&cp, &["get", "clusterrolebinding", "berth:registry:default:taken"]).is_none());
 }
 
+/// The `berth-registry` binary: `$BERTH_REGISTRY_BIN`, else the one next to
+/// this test's directory (`<target>/<profile>/berth-registry`). It belongs to
+/// another package, so Cargo does not build it for this test; `tests/run`
+/// builds it first (`cargo build --release -p berth-registry`).
+fn registry_bin() -> PathBuf {
+    let bin = std::env::var_os("BERTH_REGISTRY_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        let exe = std::env::current_exe().unwrap();
+        // <target>/<profile>/deps/e2e-<hash> -> <target>/<profile>/berth-registry
+        exe.parent()
+            .and_then(|deps| deps.parent())
+            .expect("a test binary lives in <profile>/deps")
+            .join("berth-registry")
+    });
+    assert!(
+        bin.is_file(),
+        "needs the registry binary at {}: run `cargo build --release -p berth-registry` first (tests/run does), or set BERTH_REGISTRY_BIN",
+        bin.display()
+    );
+    bin
+}
+
 /// Plays the kubelet for the registry pod: runs `berth-registry` with exactly the
 /// command, args and user the operator rendered, with the ConfigMap's content at
 /// the mounted config path and an empty directory as the volume (in a private
@@ -477,18 +498,11 @@ fn the_rendered_pod_runs_the_registry() {
         let source = if name == "config" { &config_dir } else { &data_dir };
         binds += &format!("mkdir -p '{path}' && mount --bind '{}' '{path}'\n", source.display());
     }
-    let registry_bin = std::env::var_os("BERTH_REGISTRY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("berth-registry"));
+    let registry_bin = registry_bin();
     let crane = std::env::var_os("BERTH_CRANE").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/berth/gobin/crane-v0.22.1/crane")
     });
-    assert!(
-        registry_bin.exists() && crane.exists(),
-        "needs {} and {} (tests/run provides both)",
-        registry_bin.display(),
-        crane.display()
-    );
+    assert!(crane.exists(), "needs {} (tests/run provides it)", crane.display());
     let bin_dir = work.path().join("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
     std::fs::copy(&registry_bin, bin_dir.join("berth-registry")).unwrap();
@@ -671,4 +685,237 @@ fn storage_lifecycle() {
         events["items"].as_array()?.iter().any(|e| e["reason"] == "StoragePressure").then_some(())
     });
     assert!(warned.is_some(), "no StoragePressure warning event");
+}
+
+/// A `berth-registry` process on a loopback port, killed when dropped.
+struct LocalRegistry {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalRegistry {
+    /// Runs the registry with `config`, but listening on a free loopback port,
+    /// storing in a fresh directory, over plain HTTP and open to anyone.
+    fn start(mut config: berth_registry::Config) -> LocalRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        config.listen = format!("127.0.0.1:{port}");
+        config.storage.root = dir.path().join("data");
+        config.auth = Default::default();
+        config.tls = None;
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, config.to_yaml()).unwrap();
+        let log = dir.path().join("registry.log");
+        let child = Command::new(registry_bin())
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let reg = LocalRegistry { child, url: format!("http://127.0.0.1:{port}"), log, _dir: dir };
+        let up = eventually(30, || (reg.call("GET", "/v2/", &[], None).0 == 200).then_some(()));
+        assert!(up.is_some(), "the registry did not start:\n{}", reg.log());
+        reg
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One request with curl: the status and the body.
+    fn call(&self, method: &str, path: &str, headers: &[&str], body: Option<&[u8]>) -> (u16, Vec<u8>) {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "10", "-w", "%{http_code}", "-o"]).arg(out.path());
+        match method {
+            "HEAD" => cmd.arg("--head"),
+            m => cmd.args(["-X", m]),
+        };
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        if body.is_some() {
+            cmd.args(["--data-binary", "@-"]);
+        }
+        let mut child =
+            cmd.arg(format!("{}{path}", self.url)).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            if let Some(body) = body {
+                stdin.write_all(body).unwrap();
+            }
+        }
+        let done = child.wait_with_output().unwrap();
+        let status = String::from_utf8_lossy(&done.stdout).trim().parse().unwrap_or(0);
+        (status, std::fs::read(out.path()).unwrap_or_default())
+    }
+
+    /// Pushes a blob in one request; its digest.
+    fn push_blob(&self, repo: &str, content: &[u8]) -> String {
+        let digest = sha256(content);
+        let (status, body) = self.call(
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+            &["Content-Type: application/octet-stream"],
+            Some(content),
+        );
+        assert_eq!(status, 201, "pushing blob {digest}: {}", String::from_utf8_lossy(&body));
+        digest
+    }
+
+    /// Pushes an image of one config and one layer as `repo:tag`; the manifest's digest.
+    fn push_image(&self, repo: &str, tag: &str, config: &[u8], layer: &[u8]) -> String {
+        let descriptor = |media_type: &str, content: &[u8]| serde_json::json!({"mediaType": media_type, "digest": self.push_blob(repo, content), "size": content.len()});
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", layer)],
+        })
+        .to_string();
+        let (status, body) = self.call(
+            "PUT",
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[&format!("Content-Type: {OCI_MANIFEST}")],
+            Some(manifest.as_bytes()),
+        );
+        assert_eq!(status, 201, "pushing {repo}:{tag}: {}", String::from_utf8_lossy(&body));
+        sha256(manifest.as_bytes())
+    }
+
+    /// The status of `HEAD /v2/<repo>/manifests/<reference>`.
+    fn manifest(&self, repo: &str, reference: &str) -> u16 {
+        self.call("HEAD", &format!("/v2/{repo}/manifests/{reference}"), &[&format!("Accept: {OCI_MANIFEST}")], None).0
+    }
+
+    /// `GET /v2/<repo>/blobs/<digest>`: the status and the bytes.
+    fn blob(&self, repo: &str, digest: &str) -> (u16, Vec<u8>) {
+        self.call("GET", &format!("/v2/{repo}/blobs/{digest}"), &[], None)
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn sha256(content: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(content)))
+}
+
+/// Annotates `keep` with `berth.dev/collect=<request>` and waits for the
+/// registry's report of that collection in the Registry's status.
+fn collect(cp: &ControlPlane, registry: &LocalRegistry, request: &str) -> Value {
+    cp.kubectl_ok(&["annotate", "registry", "keep", &format!("berth.dev/collect={request}"), "--overwrite"]);
+    eventually(60, || {
+        json(cp, &["get", "registry", "keep"]).filter(|r| r["status"]["lastCollection"]["request"] == request)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "collection {request} never reached the status: {:?}\nregistry log:\n{}",
+            json(cp, &["get", "registry", "keep"]).map(|r| r["status"].clone()),
+            registry.log()
+        )
+    })
+}
+
+/// Never delete what runs, end to end: the operator lists the images Pods name
+/// (Pending ones too: no kubelet runs here), a real registry reads that list
+/// and the collect annotation from the API server, collects under a rule that
+/// keeps no tag, and its report comes back into the Registry's status.
+#[test]
+fn pods_keep_their_images_through_a_collection() {
+    let (cp, _op) = setup();
+    cp.apply(&registry(
+        "keep",
+        "{gc: {interval: 0s, gracePeriod: 0s}, retention: {rules: [{repositories: ['*'], tags: {keep: [nothing-matches]}, untaggedAfter: 0s}]}}",
+    ));
+    let config = wait_for(&cp, &["get", "configmap", "keep-config"]);
+    wait_for(&cp, &["get", "configmap", "keep-gc-requests"]);
+    wait_for(&cp, &["get", "configmap", "keep-usage"]);
+    let mut config = berth_registry::Config::from_yaml(config["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(config.gc.interval, None, "0s collects on demand only");
+    // The admin's kubeconfig: what the registry's Role allows is storage_lifecycle's concern.
+    config.gc.kubernetes.as_mut().expect("the exchange through ConfigMaps").kubeconfig =
+        Some(cp.kubeconfig().to_owned());
+    let reg = LocalRegistry::start(config);
+
+    let images: Vec<(String, Vec<u8>, String)> = ["v1", "v2", "v3"]
+        .iter()
+        .map(|tag| {
+            let config = format!(r#"{{"architecture":"amd64","os":"linux","config":{{"Labels":{{"tag":"{tag}"}}}}}}"#);
+            let layer = format!("the layer of app:{tag}").into_bytes();
+            let digest = reg.push_image("app", tag, config.as_bytes(), &layer);
+            (digest, layer.clone(), sha256(&layer))
+        })
+        .collect();
+    let [(v1, v1_layer, v1_layer_digest), (v2, v2_layer, v2_layer_digest), (v3, _, v3_layer_digest)] =
+        <[_; 3]>::try_from(images).unwrap();
+
+    cp.apply(&pod("run-v1", "default", "keep.default.svc:5000/app:v1", "keep.default.svc:5000/app:v1"));
+    let by_digest = format!("keep.default.svc:5000/app@{v2}");
+    cp.apply(&pod("run-v2", "default", &by_digest, &by_digest));
+    let expected = ["app:v1".to_owned(), format!("app@{v2}")];
+    let listed = eventually(30, || protected(&cp, "keep").filter(|p| p == &expected));
+    assert!(listed.is_some(), "protected images not listed: {:?}", protected(&cp, "keep"));
+
+    // No tag matches `keep`, so every tag goes but the one a Pod names (v1):
+    // tags v2 and v3 are deleted. `untaggedAfter: 0s` with no grace period lets
+    // every manifest no kept tag or protected digest reaches go: v1's stays
+    // (its tag is kept), v2's stays (a Pod names its digest), v3's goes, and
+    // with it the blobs only v3 referenced. v1's and v2's manifests are kept
+    // only because of the Pods: without them the rule would delete both.
+    let reg_status = collect(&cp, &reg, "run-1");
+    let last = &reg_status["status"]["lastCollection"];
+    assert_eq!(last["dryRun"], false, "{last}");
+    assert_eq!(last["tagsDeleted"], 2, "{last}");
+    assert_eq!(last["manifestsDeleted"], 1, "{last}");
+    assert_eq!(last["protectedKept"], 2, "{last}");
+    // v3's config, layer and manifest content, stored as blobs that nothing references now.
+    assert_eq!(last["blobsDeleted"], 3, "{last}");
+    assert!(last["error"].is_null(), "{last}");
+    assert_eq!(reg_status["status"]["usage"]["manifests"], 2);
+    for (reference, status) in [(&v1, 200), (&v2, 200), (&v3, 404)] {
+        assert_eq!(reg.manifest("app", reference), status, "manifest {reference}");
+    }
+    for (tag, status) in [("v1", 200), ("v2", 404), ("v3", 404)] {
+        assert_eq!(reg.manifest("app", tag), status, "tag {tag}");
+    }
+    assert_eq!(reg.blob("app", &v1_layer_digest), (200, v1_layer.clone()));
+    assert_eq!(reg.blob("app", &v2_layer_digest), (200, v2_layer.clone()));
+    assert_eq!(reg.blob("app", &v3_layer_digest).0, 404, "v3's layer was not collected");
+    let used = reg_status["status"]["used"].as_str().expect("status.used").to_owned();
+    let printed = cp.kubectl_ok(&["get", "registry", "keep"]);
+    assert!(printed.contains("USED") && printed.contains(&used), "{used} not in:\n{printed}");
+
+    // The Pod that named v1 goes: v1 is no longer protected and goes with the
+    // next collection (its tag and manifest); v2 stays, still named by digest.
+    cp.kubectl_ok(&["delete", "pod", "run-v1"]);
+    let expected = [format!("app@{v2}")];
+    let listed = eventually(30, || protected(&cp, "keep").filter(|p| p == &expected));
+    assert!(listed.is_some(), "the deleted Pod's image is still protected: {:?}", protected(&cp, "keep"));
+    let reg_status = collect(&cp, &reg, "run-2");
+    let last = &reg_status["status"]["lastCollection"];
+    assert_eq!(
+        (&last["tagsDeleted"], &last["manifestsDeleted"], &last["protectedKept"]),
+        (&1.into(), &1.into(), &1.into()),
+        "{last}"
+    );
+    assert_eq!(last["blobsDeleted"], 3, "{last}");
+    assert_eq!(reg_status["status"]["usage"]["manifests"], 1);
+    assert_eq!(reg.manifest("app", &v1), 404, "v1 survived without its Pod");
+    assert_eq!(reg.manifest("app", "v1"), 404);
+    assert_eq!(reg.blob("app", &v1_layer_digest).0, 404);
+    assert_eq!(reg.manifest("app", &v2), 200, "v2 went while a Pod names it");
+    assert_eq!(reg.blob("app", &v2_layer_digest), (200, v2_layer));
 }

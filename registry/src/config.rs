@@ -422,6 +422,11 @@ mod tests {
         assert_eq!(c.retention.rules[0].untagged_after, Some(Span::secs(7 * 86400)));
         assert_eq!(Config::from_yaml(&c.to_yaml()).unwrap(), c);
         assert!(Config::from_yaml("gc: {interval: often}").is_err());
+        // On demand only survives being written out, as the operator renders it.
+        let on_demand = Config::from_yaml("gc: {interval: null}").unwrap();
+        assert_eq!(on_demand.gc.interval, None);
+        assert_eq!(Config::from_yaml(&on_demand.to_yaml()).unwrap().gc.interval, None);
+        assert_eq!(Config::from_yaml("gc: {}").unwrap().gc.interval, Some(Span::secs(86400)), "absent: daily");
         assert!(Config::from_yaml("retention: {rules: [{repositories: ['*']}]}").is_err(), "a rule that keeps all");
         assert!(Config::from_yaml("retention: {rules: [{repositories: [], untaggedAfter: 1d}]}").is_err());
     }

@@ -75,8 +75,9 @@ impl JsonSchema for Span {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct CollectorConfig {
-    /// Time between scheduled collections; absent, collections run only on demand.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Time between scheduled collections; `null`, collections run only on
+    /// demand. Absent, the default: once a day. (Written out even when `null`:
+    /// skipped, it would read back as the default.)
     pub interval: Option<Span>,
     /// Unreferenced content younger than this is kept: a layer uploaded before
     /// the manifest that will reference it, a tag pushed a moment ago.

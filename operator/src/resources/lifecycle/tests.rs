@@ -36,7 +36,11 @@ fn config_renders_gc_retention_and_quota() {
 fn gc_defaults_and_on_demand_only() {
     let gc = collector_config(&registry("{}"));
     assert_eq!((gc.interval, gc.grace_period, gc.dry_run), (Some(Span::secs(86400)), Span::secs(3600), false));
-    assert_eq!(collector_config(&registry("gc: {interval: 0s}")).interval, None);
+    let on_demand = registry("gc: {interval: 0s}");
+    assert_eq!(collector_config(&on_demand).interval, None);
+    // What the registry reads from the ConfigMap says so too (not its daily default).
+    let config = Config::from_yaml(&config_map(&on_demand).data.unwrap()[CONFIG_FILE]).unwrap();
+    assert_eq!(config.gc.interval, None);
 }
 
 #[test]
