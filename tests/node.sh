@@ -179,6 +179,33 @@ multi_arch() {
 }
 check "node access: a pod runs from a multi-arch index pushed with skopeo --all" multi_arch
 
+reg_field() { kubectl get registry registry -o "jsonpath={$1}"; }
+# The storage lifecycle from inside the cluster: the registry pod (its own ServiceAccount,
+# held to the operator's Role) publishes its usage into the status, reads the images the
+# running pods use, and collects on demand without touching them.
+lifecycle_in_cluster() {
+  local manifests="" protected request
+  for _ in $(seq 1 90); do
+    manifests=$(reg_field .status.usage.manifests)
+    [ "${manifests:-0}" -ge 3 ] && break; sleep 1
+  done
+  [ "${manifests:-0}" -ge 3 ] || { echo "status.usage.manifests is '$manifests'"; kubectl logs deploy/registry --tail 20; return 1; }
+  kubectl get registry registry | head -1 | grep -q USED || return 1
+  protected=$(kubectl get configmap registry-gc-requests -o 'jsonpath={.data.protected}')
+  if ! grep -qx 'team/app:1' <<<"$protected" || ! grep -qx 'team/multi:1' <<<"$protected"; then
+    echo "protected: $protected"; return 1
+  fi
+  request=node-$(date +%s)
+  kubectl annotate registry registry "berth.dev/collect=$request" --overwrite >/dev/null || return 1
+  for _ in $(seq 1 60); do [ "$(reg_field .status.lastCollection.request)" = "$request" ] && break; sleep 1; done
+  [ "$(reg_field .status.lastCollection.request)" = "$request" ] || { reg_field .status; kubectl logs deploy/registry --tail 20; return 1; }
+  [ -z "$(reg_field .status.lastCollection.error)" ] && [ "$(reg_field .status.lastCollection.protectedKept)" -ge 0 ] &&
+    reg_field '.status.conditions[?(@.type=="StoragePressure")].status' | grep -qx 'False\|True' &&
+    in_node skopeo inspect --raw --tls-verify=false --creds "ci:$token" "docker://$svc/team/app:1" >/dev/null
+}
+check "lifecycle: the registry pod reports usage to the status, sees the running pods' images, collects on demand" \
+  lifecycle_in_cluster
+
 # A second Registry with htpasswd users and TLS from Secrets: the Secret volumes
 # (nested in the config volume) reach the pod, the HTTPS probes pass, and skopeo
 # pushes over HTTPS, trusting the test CA, as an htpasswd user only.

@@ -18,7 +18,7 @@ use crate::report::{Report, Usage};
 /// How often requests are looked at (and a due collection noticed).
 const POLL: Duration = Duration::from_secs(5);
 /// How often changed usage is published between collections.
-const USAGE_EVERY: Duration = Duration::from_secs(60);
+const USAGE_EVERY: Duration = Duration::from_secs(30);
 
 /// Where protected references and on-demand requests come from, and where
 /// reports go, beyond the storage (under the operator: two ConfigMaps).
