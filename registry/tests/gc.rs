@@ -252,3 +252,42 @@ async fn the_collect_command_runs_once_and_waits_for_no_one() {
     drop(held);
     assert!(cli(&reg.root, &[]).status.success());
 }
+
+#[tokio::test]
+async fn foreign_layers_a_client_pushed_are_kept() {
+    let reg = Registry::start().await;
+    let config = reg.push_blob("win", b"{}").await;
+    let foreign = b"a windows base layer, mirrored";
+    let layer = reg.push_blob("win", foreign).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": common::DOCKER_SCHEMA2,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config.to_string(), "size": 2},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            "digest": layer.to_string(), "size": foreign.len(), "urls": ["https://mcr.example.test/layer"]}],
+    });
+    let r = reg.put_manifest("win", "ltsc", common::DOCKER_SCHEMA2, &serde_json::to_vec(&manifest).unwrap()).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (report, _) = collect(&collector(&reg.root, no_grace(), RetentionConfig::default()), "").await;
+    assert_eq!(report.blobs_deleted, 0, "{report:?}");
+    assert_eq!(blob_bytes(&reg, "win", foreign).await.as_deref(), Some(&foreign[..]));
+}
+
+#[tokio::test]
+async fn a_damaged_record_keeps_its_repository_and_spares_the_others() {
+    let reg = Registry::start().await;
+    let kept = push(&reg, "damaged", "a", &[b"kept layer"]).await;
+    let gone = push(&reg, "healthy", "a", &[b"freed layer"]).await;
+    reg.req(Method::DELETE, &format!("/v2/healthy/manifests/{gone}")).send().await.unwrap();
+    let record = reg.root.join("repositories/damaged/_manifests/revisions/sha256").join(kept.hex());
+    std::fs::write(&record, b"not json").unwrap();
+    let retention = rule(None, Some(0));
+    let retention = RetentionConfig {
+        rules: vec![RetentionRule { repositories: vec!["*".into()], ..retention.rules[0].clone() }],
+        ..retention
+    };
+    let (report, _) = collect(&collector(&reg.root, no_grace(), retention), "").await;
+    assert_eq!(report.error, None);
+    assert!(blob_bytes(&reg, "healthy", b"freed layer").await.is_none(), "the other repository was collected");
+    assert_eq!(blob_bytes(&reg, "damaged", b"kept layer").await.as_deref(), Some(&b"kept layer"[..]));
+    assert!(record.exists(), "the damaged record stays for someone to look at");
+}

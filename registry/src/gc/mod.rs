@@ -77,13 +77,19 @@ impl Collector {
         let m = &snap.manifests[i];
         let parsed = self.parser.parse(Some(&m.media_type), m.bytes.as_ref()?).ok()?;
         Some(References {
-            blobs: parsed.blobs,
+            blobs: parsed.blobs.into_iter().chain(parsed.foreign_blobs).collect(),
             children: parsed.manifests.into_iter().map(|c| c.digest).collect(),
             subject: parsed.subject,
         })
     }
 
-    fn planner(self: &Arc<Self>, mode: Mode, protected: Arc<ProtectedSet>, cutoff: SystemTime) -> Planner {
+    fn planner(
+        self: &Arc<Self>,
+        mode: Mode,
+        protected: Arc<ProtectedSet>,
+        now: SystemTime,
+        cutoff: SystemTime,
+    ) -> Planner {
         let me = self.clone();
         Arc::new(move |repo: &RepoName, snap: &RepoSnapshot| {
             let rule = match mode {
@@ -91,13 +97,7 @@ impl Collector {
                 Mode::Count => None,
             };
             let protected = protected.for_repo(repo);
-            let inputs = Inputs {
-                rule,
-                rule_dry_run: me.retention.dry_run,
-                protected: &protected,
-                now: SystemTime::now(),
-                cutoff,
-            };
+            let inputs = Inputs { rule, rule_dry_run: me.retention.dry_run, protected: &protected, now, cutoff };
             let decision = decide(snap, |i| me.references(snap, i), &inputs);
             log_decision(repo, &decision, mode);
             decision.plan
@@ -119,16 +119,19 @@ impl Collector {
             Mode::Collect { dry_run } => dry_run || self.gc.dry_run,
             Mode::Count => true,
         };
-        let cutoff = started.checked_sub(self.gc.grace_period.0).unwrap_or(SystemTime::UNIX_EPOCH);
-        let planner = self.planner(mode, Arc::new(protected), cutoff);
+        // Times in the storage are stamped by its clock, not ours.
+        let now = self.storage.clock().await?;
+        let cutoff = now.checked_sub(self.gc.grace_period.0).unwrap_or(SystemTime::UNIX_EPOCH);
+        let planner = self.planner(mode, Arc::new(protected), now, cutoff);
         let mut run = Run::default();
         for repo in self.storage.collectable_repositories().await? {
             match self.storage.collect_repository(&repo, planner.clone(), cutoff, dry_run).await {
                 Ok(outcome) => run.add(&repo, outcome),
+                // The other repositories still get their pass; only the sweep,
+                // which needs to know every reference, is skipped.
                 Err(e) => {
                     tracing::warn!(target: "gc", repository = %repo, error = %e, "skipping the blob sweep");
-                    run.error = Some(format!("repository {repo}: {e}"));
-                    break;
+                    run.error.get_or_insert_with(|| format!("repository {repo}: {e}"));
                 }
             }
         }
@@ -142,12 +145,13 @@ impl Collector {
                 .collect(),
         };
         let sizes: HashMap<&Digest, u64> = stored.iter().map(|b| (&b.digest, b.size)).collect();
-        let (swept, freed) = if dry_run {
-            (candidates.len() as u64, candidates.iter().filter_map(|d| sizes.get(d)).sum())
+        let deleted: Vec<(Digest, u64)> = if dry_run {
+            candidates.iter().map(|d| (d.clone(), sizes.get(d).copied().unwrap_or(0))).collect()
         } else {
-            self.storage.sweep_blobs(candidates.clone(), cutoff).await?
+            self.storage.sweep_blobs(candidates, cutoff).await?
         };
-        let gone: HashSet<&Digest> = candidates.iter().collect();
+        let (swept, freed) = (deleted.len() as u64, deleted.iter().map(|(_, size)| size).sum());
+        let gone: HashSet<&Digest> = deleted.iter().map(|(d, _)| d).collect();
         let tally = run.tally(&sizes, &gone, self.storage.volume().await);
         let finished = SystemTime::now();
         let collection = Collection {

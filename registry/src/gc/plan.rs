@@ -137,7 +137,11 @@ pub fn decide(snap: &RepoSnapshot, references: impl Fn(usize) -> Option<Referenc
             (0..snap.manifests.len()).filter(|&i| is_root(i, with_protected)).map(|i| &snap.manifests[i].digest);
         tagged.chain(protected).chain(direct).collect()
     };
-    let kept = reach(roots(true), &refs, &referrers);
+    // An unreadable manifest may be an index whose children cannot be known: keep all.
+    let kept = match unreadable {
+        true => snap.manifests.iter().map(|m| m.digest.clone()).collect(),
+        false => reach(roots(true), &refs, &referrers),
+    };
     let protected_kept = kept.len().saturating_sub(reach(roots(false), &refs, &referrers).len()) as u64;
 
     let mut dropped_tags: Vec<String> =

@@ -12,6 +12,7 @@ pub fn collect_image_references(parsed: &mut Parsed, config: &Descriptor, layers
         let digest = layer.checked_digest(&format!("layers[{i}]"))?;
         if layer.is_foreign() {
             parsed.foreign_urls.extend(layer.urls.iter().flatten().cloned());
+            parsed.foreign_blobs.push(digest);
         } else {
             parsed.blobs.push(digest);
         }

@@ -69,6 +69,9 @@ pub struct Parsed {
     pub manifests: Vec<ChildManifest>,
     /// URLs of foreign layers, checked against the URL policy.
     pub foreign_urls: Vec<String>,
+    /// Foreign (non-distributable) layers: not required at push, but kept by the
+    /// collector when a client pushed them anyway (mirrors into isolated networks do).
+    pub foreign_blobs: Vec<Digest>,
     pub subject: Option<Digest>,
     pub artifact_type: Option<String>,
     pub annotations: Option<BTreeMap<String, String>>,
@@ -82,6 +85,7 @@ impl Parsed {
             blobs: Vec::new(),
             manifests: Vec::new(),
             foreign_urls: Vec::new(),
+            foreign_blobs: Vec::new(),
             subject: None,
             artifact_type: None,
             annotations: None,

@@ -100,9 +100,12 @@ pub trait Lifecycle: Send + Sync + 'static {
     ) -> Result<RepoOutcome>;
     /// Every stored blob.
     async fn stored_blobs(&self) -> Result<Vec<StoredBlob>>;
-    /// Deletes those of `candidates` still older than `cutoff`; returns how many
-    /// and their bytes.
-    async fn sweep_blobs(&self, candidates: Vec<Digest>, cutoff: SystemTime) -> Result<(u64, u64)>;
+    /// Deletes those of `candidates` still older than `cutoff`; returns the
+    /// ones deleted with their sizes.
+    async fn sweep_blobs(&self, candidates: Vec<Digest>, cutoff: SystemTime) -> Result<Vec<(Digest, u64)>>;
+    /// Now, by the clock that stamps the storage's times (the kernel's coarse
+    /// clock, an NFS server's): the collector's cutoff is compared with those.
+    async fn clock(&self) -> Result<SystemTime>;
     /// Notes that a manifest was pulled (cheap; recorded at most hourly).
     fn record_pull(&self, repo: &RepoName, digest: &Digest);
     /// The volume's size and free bytes, when the backend has a volume.

@@ -323,8 +323,11 @@ impl<S: Storage> Lifecycle for Quota<S> {
     async fn stored_blobs(&self) -> Result<Vec<StoredBlob>> {
         self.inner.stored_blobs().await
     }
-    async fn sweep_blobs(&self, candidates: Vec<Digest>, cutoff: SystemTime) -> Result<(u64, u64)> {
+    async fn sweep_blobs(&self, candidates: Vec<Digest>, cutoff: SystemTime) -> Result<Vec<(Digest, u64)>> {
         self.inner.sweep_blobs(candidates, cutoff).await
+    }
+    async fn clock(&self) -> Result<SystemTime> {
+        self.inner.clock().await
     }
     fn record_pull(&self, repo: &RepoName, digest: &Digest) {
         self.inner.record_pull(repo, digest)

@@ -202,4 +202,13 @@ fn unreadable_content_keeps_every_link() {
     let out = decide(&repo.snap, |_| None, &inputs);
     assert!(out.plan.links.is_empty() && out.plan.manifests.is_empty());
     assert!(out.plan.keep.contains(&d("orphan")));
+    // Even under a rule that would delete the old untagged child: an unreadable
+    // (index) manifest's children cannot be known.
+    let repo = Repo::new().image("index?", 30 * DAY, &[]).image("child", 30 * DAY, &["c"]).tag("t", "index?", DAY);
+    let rule = untagged_after(0);
+    let inputs = Inputs { rule: Some(&rule), ..inputs };
+    let out = decide(&repo.snap, |i| (i > 0).then(References::default), &inputs);
+    assert!(out.plan.manifests.is_empty(), "{:?}", out.plan.manifests);
+    let readable = decide(&repo.snap, |_| Some(References::default()), &inputs);
+    assert_eq!(readable.plan.manifests, vec![d("child")], "the rule itself would delete it");
 }

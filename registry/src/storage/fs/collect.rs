@@ -42,6 +42,14 @@ fn modified(path: &Path) -> Option<SystemTime> {
     fs::symlink_metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// A file's time and size as the server has them now, for the checks a
+/// deletion rests on: opening a file makes an NFS client revalidate its
+/// attributes (close-to-open), where a `stat` may be answered from its cache.
+fn fresh_times(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = fs::File::open(path).and_then(|f| f.metadata()).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
 /// The digests named by `<dir>/<alg>/<hex>` files, with each file's path.
 fn digest_files(dir: &Path) -> io::Result<Vec<(Digest, PathBuf)>> {
     let mut out = Vec::new();
@@ -73,11 +81,13 @@ impl RepoFiles {
             let (Some(json), Some(pushed)) = (durable::read_optional(&path)?, modified(&path)) else {
                 continue; // deleted meanwhile
             };
-            let revision: Revision =
-                serde_json::from_slice(&json).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
-            let bytes = durable::read_optional(&self.content(&digest))?.map(Bytes::from);
+            // A damaged record is kept as unreadable, which keeps the whole repository.
+            let (media_type, bytes) = match serde_json::from_slice::<Revision>(&json) {
+                Ok(revision) => (revision.media_type, durable::read_optional(&self.content(&digest))?.map(Bytes::from)),
+                Err(_) => (String::new(), None),
+            };
             let pulled = modified(&pulled.join(digest.algorithm().as_str()).join(digest.hex()));
-            snap.manifests.push(SnapshotManifest { digest, media_type: revision.media_type, bytes, pushed, pulled });
+            snap.manifests.push(SnapshotManifest { digest, media_type, bytes, pushed, pulled });
         }
         let tags = self.dir.join("_manifests/tags");
         for name in durable::list_dir(&tags)? {
@@ -123,7 +133,7 @@ impl RepoFiles {
             let _sweep = SweepLock::exclusive(sweep_lock)?;
             for digest in batch {
                 let link = self.dir.join("_layers").join(digest.algorithm().as_str()).join(digest.hex());
-                if modified(&link).is_some_and(|t| t < cutoff) && fs::remove_file(&link).is_ok() {
+                if fresh_times(&link).is_some_and(|(t, _)| t < cutoff) && fs::remove_file(&link).is_ok() {
                     removed += 1;
                 }
             }
@@ -160,6 +170,11 @@ impl Lifecycle for FsStorage {
         cutoff: SystemTime,
         dry_run: bool,
     ) -> Result<RepoOutcome> {
+        if !tokio::fs::try_exists(self.repo_dir(repo).join("_manifests")).await?
+            && !tokio::fs::try_exists(self.repo_dir(repo).join("_layers")).await?
+        {
+            return Ok(RepoOutcome::default()); // and no lock file made for it
+        }
         let guard = RepoGuard::lock(self.tags_lock(repo)).await?;
         let files = RepoFiles { dir: self.repo_dir(repo), blobs: self.root().join("blobs") };
         let (repo, sweep) = (repo.clone(), self.sweep_lock());
@@ -194,29 +209,40 @@ impl Lifecycle for FsStorage {
         .await
     }
 
-    async fn sweep_blobs(&self, candidates: Vec<Digest>, cutoff: SystemTime) -> Result<(u64, u64)> {
-        let (mut count, mut bytes) = (0, 0);
+    async fn sweep_blobs(&self, candidates: Vec<Digest>, cutoff: SystemTime) -> Result<Vec<(Digest, u64)>> {
+        let mut deleted = Vec::new();
         for batch in candidates.chunks(BATCH) {
-            let paths: Vec<PathBuf> = batch.iter().map(|d| self.blob_path(d)).collect();
+            let paths: Vec<(Digest, PathBuf)> = batch.iter().map(|d| (d.clone(), self.blob_path(d))).collect();
             let sweep = self.sweep_lock();
-            let (n, b) = blocking(move || {
+            let gone = blocking(move || {
                 let _sweep = SweepLock::exclusive(&sweep)?;
-                let (mut n, mut b) = (0, 0);
-                for path in paths {
-                    let Ok(m) = fs::symlink_metadata(&path) else { continue };
-                    if m.modified().is_ok_and(|t| t < cutoff) && fs::remove_file(&path).is_ok() {
-                        (n, b) = (n + 1, b + m.len());
+                let mut gone = Vec::new();
+                for (digest, path) in paths {
+                    let Some((modified, len)) = fresh_times(&path) else { continue };
+                    if modified < cutoff && fs::remove_file(&path).is_ok() {
+                        gone.push((digest, len));
                     }
                 }
-                Ok((n, b))
+                Ok(gone)
             })
             .await?;
-            for digest in batch {
+            for (digest, _) in &gone {
                 self.caches.content.remove(digest);
             }
-            (count, bytes) = (count + n, bytes + b);
+            deleted.extend(gone);
         }
-        Ok((count, bytes))
+        Ok(deleted)
+    }
+
+    async fn clock(&self) -> Result<SystemTime> {
+        let path = self.root().join("gc/clock");
+        blocking(move || {
+            if !durable::set_modified_now(&path)? {
+                fs::File::create(&path)?;
+            }
+            fs::metadata(&path)?.modified()
+        })
+        .await
     }
 
     fn record_pull(&self, repo: &RepoName, digest: &Digest) {

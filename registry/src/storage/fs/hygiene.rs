@@ -35,7 +35,12 @@ fn purge_sessions(dir: &Path, cutoff: SystemTime) -> std::io::Result<usize> {
         } else if name.parse::<UploadId>().is_ok() && older(&path, cutoff) {
             // Removed while locked, so no request can start writing it meanwhile;
             // one that was waiting finds it gone.
-            if let Some(session) = try_lock_session(&path)? {
+            // A session finished (renamed away) since the listing is simply gone.
+            let locked = match try_lock_session(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                other => other?,
+            };
+            if let Some(session) = locked {
                 remove_session(&path, &dir.join(format!("{name}.json")))?;
                 drop(session);
                 purged += 1;
