@@ -224,9 +224,13 @@ impl Run {
         self.protected_kept += plan.protected_kept;
         self.manifests += plan.kept_manifests.len() as u64;
         self.manifest_contents.extend(plan.kept_manifests.iter().cloned());
-        self.keep.extend(plan.keep.iter().cloned());
-        if !plan.keep.is_empty() {
-            self.held.insert(repo.as_str().to_owned(), plan.keep);
+        // What the repository still holds: what the plan keeps, and the links
+        // it could not remove this time.
+        let mut held = plan.keep;
+        held.extend(outcome.links_left);
+        self.keep.extend(held.iter().cloned());
+        if !held.is_empty() {
+            self.held.insert(repo.as_str().to_owned(), held);
         }
     }
 

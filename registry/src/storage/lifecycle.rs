@@ -66,6 +66,8 @@ pub struct RepoPlan {
 pub struct RepoOutcome {
     pub plan: RepoPlan,
     pub links_removed: u64,
+    /// Planned links the pass could not remove this time; their blobs stay.
+    pub links_left: Vec<Digest>,
 }
 
 /// A stored blob (content of a blob or a manifest).

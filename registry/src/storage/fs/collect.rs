@@ -35,6 +35,9 @@ use crate::storage::{Catalog, Result};
 
 /// Deletions per hold of the exclusive sweep lock: writers wait at most one batch.
 const BATCH: usize = 256;
+/// How long a repository pass waits for the exclusive sweep lock before leaving
+/// its links for the next collection.
+const LINK_WAIT: Duration = Duration::from_secs(1);
 /// A pull is recorded on disk at most this often per manifest and process.
 const PULL_RECORD_EVERY: Duration = Duration::from_secs(3600);
 
@@ -109,8 +112,10 @@ impl RepoFiles {
 
     /// Deletes what `plan` says, in the order that never leaves a tag on a
     /// missing manifest: tags, then manifests (referrers entry, pull marker,
-    /// record), then links, each still older than `cutoff`.
-    fn apply(&self, plan: &RepoPlan, sweep_lock: &Path, cutoff: SystemTime) -> io::Result<u64> {
+    /// record), then links, each still older than `cutoff`. Returns the links
+    /// removed, and those left because the sweep lock stayed shared by writers
+    /// (the repository's lock is held meanwhile, so pushes here wait on it).
+    fn apply(&self, plan: &RepoPlan, sweep_lock: &Path, cutoff: SystemTime) -> io::Result<(u64, Vec<Digest>)> {
         for tag in &plan.tags {
             durable::remove_if_exists(&self.dir.join("_manifests/tags").join(tag))?;
         }
@@ -128,9 +133,12 @@ impl RepoFiles {
             let _ = fs::remove_file(self.dir.join("_manifests/pulled").join(alg).join(hex));
             durable::remove_if_exists(&record)?;
         }
-        let mut removed = 0;
+        let (mut removed, mut left) = (0, Vec::new());
         for batch in plan.links.chunks(BATCH) {
-            let _sweep = SweepLock::exclusive(sweep_lock)?;
+            let Some(_sweep) = SweepLock::try_exclusive_for(sweep_lock, LINK_WAIT)? else {
+                left.extend(batch.iter().cloned());
+                continue;
+            };
             for digest in batch {
                 let link = self.dir.join("_layers").join(digest.algorithm().as_str()).join(digest.hex());
                 if fresh_times(&link).is_some_and(|(t, _)| t < cutoff) && fs::remove_file(&link).is_ok() {
@@ -138,7 +146,7 @@ impl RepoFiles {
                 }
             }
         }
-        Ok(removed)
+        Ok((removed, left))
     }
 }
 
@@ -181,9 +189,10 @@ impl Lifecycle for FsStorage {
         blocking(move || {
             let snapshot = files.snapshot()?;
             let plan = planner(&repo, &snapshot);
-            let links_removed = if dry_run { plan.links.len() as u64 } else { files.apply(&plan, &sweep, cutoff)? };
+            let (links_removed, links_left) =
+                if dry_run { (plan.links.len() as u64, Vec::new()) } else { files.apply(&plan, &sweep, cutoff)? };
             drop(guard);
-            Ok(RepoOutcome { plan, links_removed })
+            Ok(RepoOutcome { plan, links_removed, links_left })
         })
         .await
     }
@@ -289,4 +298,33 @@ fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
     }
     let block = st.f_frsize as u64;
     Ok((st.f_blocks as u64 * block, st.f_bavail as u64 * block))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Algorithm;
+
+    #[test]
+    fn links_wait_for_writers_only_so_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = RepoFiles { dir: dir.path().join("repo"), blobs: dir.path().join("blobs") };
+        let digest = Digest::of(Algorithm::Sha256, b"layer");
+        let link = files.dir.join("_layers/sha256").join(digest.hex());
+        durable::touch(&link).unwrap();
+        let plan = RepoPlan { links: vec![digest.clone()], ..RepoPlan::default() };
+        let (lock, later) = (dir.path().join("gc/sweep.lock"), SystemTime::now() + Duration::from_secs(60));
+
+        // A writer holds the lock shared: the link stays, reported as left.
+        let writer = SweepLock::shared(&lock).unwrap();
+        let started = Instant::now();
+        let (removed, left) = files.apply(&plan, &lock, later).unwrap();
+        assert_eq!((removed, left), (0, vec![digest.clone()]));
+        assert!(started.elapsed() >= LINK_WAIT && link.exists());
+
+        drop(writer);
+        let (removed, left) = files.apply(&plan, &lock, later).unwrap();
+        assert_eq!((removed, left.len()), (1, 0));
+        assert!(!link.exists());
+    }
 }

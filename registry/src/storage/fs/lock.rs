@@ -126,6 +126,29 @@ impl SweepLock {
         Self::take(path, libc::LOCK_EX)
     }
 
+    /// The exclusive lock if it can be had within `wait`. Linux grants new
+    /// shared locks while an exclusive one waits, so a steady stream of writers
+    /// could otherwise hold a waiter off indefinitely.
+    pub fn try_exclusive_for(path: &Path, wait: std::time::Duration) -> io::Result<Option<SweepLock>> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(held) = Self::take_nb(path)? {
+                return Ok(Some(held));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    fn take_nb(path: &Path) -> io::Result<Option<SweepLock>> {
+        let dir = path.parent().ok_or_else(|| io::Error::other("lock files have a directory"))?;
+        let open = || OpenOptions::new().create(true).truncate(false).write(true).open(path);
+        let file = durable::in_dir(dir, open)?;
+        Ok(try_flock(&file)?.then_some(SweepLock { _file: file }))
+    }
+
     fn take(path: &Path, op: libc::c_int) -> io::Result<SweepLock> {
         let dir = path.parent().ok_or_else(|| io::Error::other("lock files have a directory"))?;
         let open = || OpenOptions::new().create(true).truncate(false).write(true).open(path);
