@@ -265,11 +265,7 @@ pub async fn collect_once(config: &crate::config::Config, dry_run: bool) -> Resu
     let storage = crate::storage::FsStorage::open(&config.storage.root)
         .map_err(|e| format!("opening storage at {}: {e}", config.storage.root.display()))?;
     let collector = Arc::new(Collector::new(Arc::new(storage), config.gc.clone(), config.retention.clone()));
-    let mut protected = ProtectedSet::default();
-    if let Some(path) = &config.gc.protected_file {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        protected = ProtectedSet::parse(&text);
-    }
+    let protected = ProtectedSet::from_config(&config.gc).await?;
     let Some((collection, tally)) =
         collector.run(Mode::Collect { dry_run }, None, protected).await.map_err(|e| e.to_string())?
     else {

@@ -56,6 +56,16 @@ impl ProtectedSet {
         true
     }
 
+    /// The references in `gc.protectedFile`, if one is configured; an error when
+    /// it cannot be read (then nothing may be collected).
+    pub async fn from_config(config: &crate::config::CollectorConfig) -> Result<ProtectedSet, String> {
+        let Some(path) = &config.protected_file else {
+            return Ok(ProtectedSet::default());
+        };
+        let text = tokio::fs::read_to_string(path).await.map_err(|e| format!("reading {}: {e}", path.display()))?;
+        Ok(ProtectedSet::parse(&text))
+    }
+
     pub fn merge(&mut self, other: ProtectedSet) {
         for (repo, p) in other.by_repo {
             let entry = self.by_repo.entry(repo).or_default();

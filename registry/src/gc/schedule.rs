@@ -100,10 +100,7 @@ impl Scheduler {
     /// The protected references: the configured file's and the requests'.
     async fn protected(&self, fetched: Option<ProtectedSet>) -> Result<ProtectedSet, String> {
         let mut set = fetched.unwrap_or_default();
-        if let Some(path) = &self.collector.config().protected_file {
-            let text = tokio::fs::read_to_string(path).await.map_err(|e| format!("reading {}: {e}", path.display()))?;
-            set.merge(ProtectedSet::parse(&text));
-        }
+        set.merge(ProtectedSet::from_config(self.collector.config()).await?);
         if !set.invalid.is_empty() {
             tracing::warn!(target: "gc", invalid = ?set.invalid, "ignoring protected lines that are not image references");
         }
