@@ -9,11 +9,13 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod lifecycle;
+mod storage;
 pub use auth::{AccessRule, Action, Anonymous, AuthConfig, HtpasswdConfig, KubernetesAuthConfig, TlsConfig};
 pub use lifecycle::{
     CollectorConfig, CollectorKubernetes, QuotaConfig, QuotaOverride, RetentionConfig, RetentionRule, Span,
     TagRetention, repository_matches, tag_matches,
 };
+pub use storage::{S3Config, StorageConfig};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
@@ -59,20 +61,6 @@ impl Default for Config {
             quota: QuotaConfig::default(),
             log: LogConfig::default(),
         }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct StorageConfig {
-    /// Directory that holds blobs, repositories and upload sessions. In Kubernetes
-    /// this is the PersistentVolume's mount point; replicas may share it.
-    pub root: PathBuf,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig { root: PathBuf::from("./data") }
     }
 }
 
@@ -356,6 +344,7 @@ impl Config {
         self.limits.validate().map_err(ConfigError::Invalid)?;
         self.auth.validate().map_err(ConfigError::Invalid)?;
         self.retention.validate().map_err(ConfigError::Invalid)?;
+        self.storage.validate().map_err(ConfigError::Invalid)?;
         if self.limits.manifest_buffer_bytes < self.manifests.validation.max_size {
             return Err(ConfigError::Invalid(
                 "limits.manifestBufferBytes must hold at least one manifest of manifests.validation.maxSize".into(),

@@ -14,6 +14,7 @@ GO_TOOLS=(
   "crane github.com/google/go-containerregistry/cmd/crane v0.22.1"
   "oras oras.land/oras/cmd/oras v1.3.6"
   "registry github.com/distribution/distribution/v3/cmd/registry v3.1.1"
+  "minio github.com/minio/minio v0.0.0-20260212201848-7aac2a2c5b7c"
 )
 
 # Path of a pinned Go tool, installing it into the cache on first use.
@@ -93,4 +94,51 @@ check() {
     echo "FAIL $name"
     FAILED=$((FAILED + 1))
   fi
+}
+
+# A real S3 server for the object-storage tests.
+MINIO_USER=berth-test
+MINIO_PASSWORD=berth-test-secret
+
+# start_minio DIR: starts MinIO on a free loopback port with its data in DIR and
+# creates the bucket "berth"; sets MINIO_ENDPOINT (http://host:port) and MINIO_PID.
+# Ready once /minio/health/cluster answers (/live and /ready answer too early).
+start_minio() {
+  local dir=$1 port console
+  port=$(free_port)
+  console=$(free_port)
+  mkdir -p "$dir"
+  MINIO_ROOT_USER=$MINIO_USER MINIO_ROOT_PASSWORD=$MINIO_PASSWORD MINIO_BROWSER=off \
+    "$(go_tool minio)" server "$dir/data" --address "127.0.0.1:$port" \
+    --console-address "127.0.0.1:$console" --quiet >"$dir/minio.log" 2>&1 &
+  MINIO_PID=$!
+  MINIO_ENDPOINT="http://127.0.0.1:$port"
+  for _ in $(seq 1 200); do
+    if curl -fsS "$MINIO_ENDPOINT/minio/health/cluster" >/dev/null 2>&1; then
+      curl -fsS --aws-sigv4 "aws:amz:us-east-1:s3" -u "$MINIO_USER:$MINIO_PASSWORD" \
+        -X PUT "$MINIO_ENDPOINT/berth" >/dev/null
+      return 0
+    fi
+    kill -0 "$MINIO_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "MinIO did not start; log:" >&2
+  cat "$dir/minio.log" >&2
+  return 1
+}
+
+stop_minio() {
+  [ -n "${MINIO_PID:-}" ] && kill "$MINIO_PID" 2>/dev/null && wait "$MINIO_PID" 2>/dev/null
+  MINIO_PID=""
+}
+
+# s3_storage_yaml PREFIX: the registry's storage section for the bucket of start_minio,
+# with the credentials in files under $1.creds.
+s3_storage_yaml() {
+  local prefix=$1 creds="$1.creds"
+  mkdir -p "$creds"
+  printf '%s' "$MINIO_USER" >"$creds/accessKeyId"
+  printf '%s' "$MINIO_PASSWORD" >"$creds/secretAccessKey"
+  printf 'storage: {s3: {bucket: berth, endpoint: "%s", prefix: "%s", credentialsDir: "%s"}}\n' \
+    "$MINIO_ENDPOINT" "$(basename "$prefix")" "$creds"
 }

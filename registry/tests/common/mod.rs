@@ -1,6 +1,8 @@
 //! An in-process registry on a free loopback port, and small client helpers.
 #![allow(dead_code)]
 
+pub mod minio;
+
 use std::path::{Path, PathBuf};
 
 use berth_registry::Config;

@@ -1,0 +1,130 @@
+//! A real S3 server for the tests: one MinIO process per test binary, started on
+//! first use on a free loopback port, with one bucket. Each test takes its own key
+//! prefix, so tests running at once never see each other's objects.
+//!
+//! The binary is `$BERTH_MINIO` (`tests/run` sets it from the pinned build), or
+//! the pinned build in `~/.cache/berth/gobin`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use berth_registry::config::S3Config;
+
+pub const USER: &str = "berth-test";
+pub const PASSWORD: &str = "berth-test-secret";
+pub const BUCKET: &str = "berth";
+
+pub struct Minio {
+    pub endpoint: String,
+    /// Holds the data directory and the credentials files.
+    pub dir: PathBuf,
+}
+
+static MINIO: LazyLock<Minio> = LazyLock::new(start);
+
+/// The shared server (started on first use).
+pub fn server() -> &'static Minio {
+    &MINIO
+}
+
+/// A storage configuration on the shared bucket under a fresh prefix.
+pub fn s3_config() -> S3Config {
+    let minio = server();
+    S3Config {
+        bucket: BUCKET.into(),
+        endpoint: Some(minio.endpoint.clone()),
+        prefix: format!("t-{}", uuid_like()),
+        credentials_dir: Some(minio.dir.join("creds")),
+        ..S3Config::default()
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{}-{nanos:x}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn binary() -> PathBuf {
+    if let Ok(path) = std::env::var("BERTH_MINIO") {
+        return path.into();
+    }
+    let gobin = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/berth/gobin");
+    std::fs::read_dir(&gobin)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("minio"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no MinIO: run tests/run, or set BERTH_MINIO to a minio binary"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts MinIO from a thread that lives as long as the test process, so the
+/// parent-death signal (sent when the spawning thread ends) stops it with the tests.
+fn start() -> Minio {
+    let dir = std::env::temp_dir().join(format!("berth-minio-{}", uuid_like()));
+    std::fs::create_dir_all(dir.join("creds")).unwrap();
+    std::fs::write(dir.join("creds/accessKeyId"), USER).unwrap();
+    std::fs::write(dir.join("creds/secretAccessKey"), PASSWORD).unwrap();
+    let (port, console) = (free_port(), free_port());
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let data = dir.join("data");
+    std::thread::spawn(move || {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(binary());
+        command
+            .args(["server", data.to_str().unwrap(), "--quiet"])
+            .args(["--address", &format!("127.0.0.1:{port}"), "--console-address", &format!("127.0.0.1:{console}")])
+            .env("MINIO_ROOT_USER", USER)
+            .env("MINIO_ROOT_PASSWORD", PASSWORD)
+            .env("MINIO_BROWSER", "off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("starting minio");
+        tx.send(()).unwrap();
+        let _ = child.wait();
+    });
+    rx.recv().unwrap();
+    wait_ready(&endpoint);
+    make_bucket(&endpoint);
+    Minio { endpoint, dir }
+}
+
+fn wait_ready(endpoint: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = format!("{endpoint}/minio/health/cluster");
+    while Instant::now() < deadline {
+        let ok = Command::new("curl").args(["-fsS", "-o", "/dev/null", &url]).status().is_ok_and(|s| s.success());
+        if ok {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("MinIO did not become ready at {endpoint}");
+}
+
+fn make_bucket(endpoint: &str) {
+    let status = Command::new("curl")
+        .args(["-fsS", "--aws-sigv4", "aws:amz:us-east-1:s3", "-u", &format!("{USER}:{PASSWORD}")])
+        .args(["-X", "PUT", &format!("{endpoint}/{BUCKET}")])
+        .stdout(Stdio::null())
+        .status()
+        .expect("curl");
+    assert!(status.success(), "creating the bucket");
+}
