@@ -110,6 +110,11 @@ impl From<storage::Error> for Error {
                 Error::InsufficientStorage
             }
             e @ (S::Corrupt(..) | S::Io(_) | S::Task(_)) => Error::Internal(e.to_string()),
+            // The bucket is down or unreachable: a retry may succeed.
+            e @ S::Remote(_) => {
+                tracing::error!(error = %e, "object storage request failed");
+                Error::Unavailable(e.to_string())
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::config::{Config, LimitsConfig};
 use crate::gc::Collector;
 use crate::gc::schedule::{Hooks, Scheduler};
 use crate::net::{self, Activity, Tracked};
-use crate::storage::{FsStorage, Quota, Storage, UsageBook};
+use crate::storage::{FsStorage, Quota, S3Storage, Storage, UsageBook};
 use crate::tls;
 
 /// How long requests in flight may take to finish after shutdown begins.
@@ -58,38 +58,47 @@ fn is_loopback(listen: &str) -> bool {
     listen.rsplit_once(':').is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }
 
-/// The storage as the server uses it. The garbage collector walks `fs` and
-/// hands its figures to `usage` ([`UsageBook::replace`]); requests go through
-/// `storage`, which enforces the quotas and keeps `usage` current between scans.
+/// The storage as the server uses it. The garbage collector walks `backend`
+/// and hands its figures to `usage` ([`UsageBook::replace`]); requests go
+/// through `storage`, which enforces the quotas and keeps `usage` current
+/// between scans.
 pub struct Stores {
-    pub fs: Arc<FsStorage>,
+    pub backend: Arc<dyn Storage>,
     pub usage: Arc<UsageBook>,
     pub storage: Arc<dyn Storage>,
 }
 
-/// Opens the storage root of `config`. The quota layer is always there, since
-/// it also keeps the usage: a map lookup and a stat or two per write, nothing on
+/// The configured backend: the bucket of `storage.s3`, or the directory `storage.root`.
+pub async fn open_backend(config: &Config) -> Result<Arc<dyn Storage>, String> {
+    if let Some(s3) = &config.storage.s3 {
+        let storage = S3Storage::open(s3).await.map_err(|e| e.to_string())?;
+        return Ok(Arc::new(storage));
+    }
+    let fs = FsStorage::open(&config.storage.root)
+        .map_err(|e| format!("opening storage at {}: {e}", config.storage.root.display()))?;
+    Ok(Arc::new(fs))
+}
+
+/// Opens the storage of `config`. The quota layer is always there, since it
+/// also keeps the usage: a map lookup and a stat or two per write, nothing on
 /// a pull.
-pub fn open_storage(config: &Config) -> Result<Stores, String> {
-    let fs = Arc::new(
-        FsStorage::open(&config.storage.root)
-            .map_err(|e| format!("opening storage at {}: {e}", config.storage.root.display()))?,
-    );
+pub async fn open_storage(config: &Config) -> Result<Stores, String> {
+    let backend = open_backend(config).await?;
     let usage = Arc::new(UsageBook::new());
-    let storage: Arc<dyn Storage> = Arc::new(Quota::new(fs.clone(), config.quota.clone(), usage.clone()));
-    Ok(Stores { fs, usage, storage })
+    let storage: Arc<dyn Storage> = Arc::new(Quota::new(backend.clone(), config.quota.clone(), usage.clone()));
+    Ok(Stores { backend, usage, storage })
 }
 
 /// Opens the storage and builds the HTTP application for `config`; starts the
 /// cleanup of what clients and crashes leave behind, and the garbage collector.
-pub fn build(config: Config) -> Result<axum::Router, String> {
-    let Stores { fs, usage, storage } = open_storage(&config)?;
+pub async fn build(config: Config) -> Result<axum::Router, String> {
+    let Stores { backend, usage, storage } = open_storage(&config).await?;
     let age = match config.uploads.purge_after_hours {
         0 => Duration::MAX,
         hours => Duration::from_secs(hours.saturating_mul(3600)),
     };
     tokio::spawn(purge(storage.clone(), age));
-    let collector = Arc::new(Collector::new(fs, config.gc.clone(), config.retention.clone()));
+    let collector = Arc::new(Collector::new(backend, config.gc.clone(), config.retention.clone()));
     let requests = config.gc.kubernetes.as_ref().map(|k| {
         let exchange: Arc<dyn crate::gc::schedule::Requests> = Arc::new(crate::gc::exchange::Exchange::new(k));
         exchange
@@ -124,11 +133,11 @@ pub async fn serve(
 ) -> Result<(), String> {
     let max_connections = config.limits.max_connections;
     check_open_files(max_connections);
-    let root = config.storage.root.clone();
+    let storage = config.storage.describe();
     let shared = Shared::new(config).await?;
     let scheme = if shared.tls.is_some() { "https" } else { "http" };
     let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(%listen, scheme, root = %root.display(), "berth-registry serving");
+    tracing::info!(%listen, scheme, %storage, "berth-registry serving");
     let connections = Arc::new(Semaphore::new(max_connections as usize));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -181,7 +190,7 @@ impl Shared {
         };
         let limits = config.limits.clone();
         Ok(Shared {
-            app: build(config)?,
+            app: build(config).await?,
             builder: Arc::new(connection_builder(&limits)),
             tls,
             handshake_timeout: Duration::from_secs(limits.header_timeout_secs),

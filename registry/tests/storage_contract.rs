@@ -34,3 +34,14 @@ async fn quota_backend() -> (Quota<FsStorage>, tempfile::TempDir) {
 mod quota {
     storage_contract!(super::quota_backend());
 }
+
+/// The S3 backend on a real MinIO (started once per test binary), each check
+/// under a fresh key prefix.
+async fn s3_backend() -> (berth_registry::storage::S3Storage, ()) {
+    let config = common::minio::s3_config();
+    (berth_registry::storage::S3Storage::open(&config).await.unwrap(), ())
+}
+
+mod s3 {
+    storage_contract!(super::s3_backend());
+}

@@ -12,6 +12,9 @@ use crate::names::RepoName;
 pub async fn get(app: &App, repo: &RepoName, digest: &str, req: Req, head: bool) -> Result<Response> {
     let digest = parse_digest(digest)?;
     let size = app.storage.blob_size(repo, &digest).await?.ok_or(Error::BlobUnknown)?;
+    if !head && let Some(url) = app.storage.blob_url(repo, &digest).await? {
+        return Ok(redirect(&url, &digest));
+    }
     let range = ranges::range(req.header(header::RANGE), size)?;
     let (status, span) = match &range {
         Some(r) => (StatusCode::PARTIAL_CONTENT, r.clone()),
@@ -43,4 +46,14 @@ pub async fn delete(app: &App, repo: &RepoName, digest: &str, req: Req) -> Resul
     }
     auth::record(AuditEvent::DeleteBlob, &req.identity, repo, None, Some(&digest));
     Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// A blob GET answered with the object store's presigned URL: the client
+/// downloads (and ranges) from the bucket directly.
+fn redirect(url: &str, digest: &crate::digest::Digest) -> Response {
+    let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+    let h = response.headers_mut();
+    h.insert(header::LOCATION, header_value(url));
+    h.insert("docker-content-digest", header_value(&digest.to_string()));
+    response
 }

@@ -28,6 +28,14 @@ impl StorageConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.s3.as_ref().map_or(Ok(()), S3Config::validate)
     }
+
+    /// Where content goes, for logs: `s3://bucket/prefix` or the directory.
+    pub fn describe(&self) -> String {
+        match &self.s3 {
+            Some(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
+            None => self.root.display().to_string(),
+        }
+    }
 }
 
 /// An S3-compatible bucket (AWS S3, MinIO, Ceph RGW …). Credentials come from

@@ -262,9 +262,8 @@ impl Run {
 /// file, the report saved where the serving processes find it and returned as JSON.
 pub async fn collect_once(config: &crate::config::Config, dry_run: bool) -> Result<Option<String>, String> {
     schedule::lowest_priority();
-    let storage = crate::storage::FsStorage::open(&config.storage.root)
-        .map_err(|e| format!("opening storage at {}: {e}", config.storage.root.display()))?;
-    let collector = Arc::new(Collector::new(Arc::new(storage), config.gc.clone(), config.retention.clone()));
+    let storage = crate::server::open_backend(config).await?;
+    let collector = Arc::new(Collector::new(storage, config.gc.clone(), config.retention.clone()));
     let protected = ProtectedSet::from_config(&config.gc).await?;
     let Some((collection, tally)) =
         collector.run(Mode::Collect { dry_run }, None, protected).await.map_err(|e| e.to_string())?

@@ -43,6 +43,9 @@ pub enum Error {
     Io(std::io::Error),
     #[error("storage task failed: {0}")]
     Task(String),
+    /// The object store failed or could not be reached (after its retries).
+    #[error("object storage: {0}")]
+    Remote(String),
 }
 
 impl From<std::io::Error> for Error {

@@ -17,6 +17,7 @@ mod error;
 pub mod fs;
 pub mod lifecycle;
 mod quota;
+pub mod s3;
 pub mod usage;
 
 use std::io;
@@ -36,6 +37,7 @@ pub use error::{Error, Exceeded, QuotaScope, Result};
 pub use fs::FsStorage;
 pub use lifecycle::Lifecycle;
 pub use quota::Quota;
+pub use s3::S3Storage;
 pub use usage::{Scan, UsageBook};
 
 /// A request body as it arrives: never collected whole in memory.
@@ -105,6 +107,13 @@ pub trait Blobs: Send + Sync + 'static {
     /// The size of a blob (or manifest content) stored under `digest` in any
     /// repository, or `None`: one stat, for usage accounting.
     async fn blob_stored(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// A URL the client may download the blob from instead (a presigned object
+    /// store URL), when the backend is set to redirect; the caller checked that
+    /// `repo` holds the blob.
+    async fn blob_url(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
+        let _ = (repo, digest);
+        Ok(None)
+    }
 }
 
 #[async_trait]

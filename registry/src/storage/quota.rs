@@ -34,7 +34,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::manifest::ReferrerDescriptor;
 use crate::names::{RepoName, Tag, UploadId};
 
-pub struct Quota<S> {
+pub struct Quota<S: ?Sized> {
     inner: Arc<S>,
     config: QuotaConfig,
     book: Arc<UsageBook>,
@@ -71,7 +71,7 @@ impl Adds {
     const ALL: Adds = Adds { link: true, content: true };
 }
 
-impl<S: Storage> Quota<S> {
+impl<S: Storage + ?Sized> Quota<S> {
     pub fn new(inner: Arc<S>, config: QuotaConfig, book: Arc<UsageBook>) -> Self {
         Quota { inner, config, book }
     }
@@ -128,7 +128,7 @@ impl<S: Storage> Quota<S> {
 }
 
 #[async_trait]
-impl<S: Storage> Blobs for Quota<S> {
+impl<S: Storage + ?Sized> Blobs for Quota<S> {
     async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
         self.inner.blob_size(repo, digest).await
     }
@@ -187,10 +187,14 @@ impl<S: Storage> Blobs for Quota<S> {
     async fn blob_stored(&self, digest: &Digest) -> Result<Option<u64>> {
         self.inner.blob_stored(digest).await
     }
+
+    async fn blob_url(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
+        self.inner.blob_url(repo, digest).await
+    }
 }
 
 #[async_trait]
-impl<S: Storage> Uploads for Quota<S> {
+impl<S: Storage + ?Sized> Uploads for Quota<S> {
     /// Refused when the repository or the registry is full already.
     async fn upload_start(&self, repo: &RepoName, algorithm: Algorithm) -> Result<UploadId> {
         if let Some(limit) = self.tightest(repo, Adds::ALL)
@@ -252,7 +256,7 @@ impl<S: Storage> Uploads for Quota<S> {
 }
 
 #[async_trait]
-impl<S: Storage> Manifests for Quota<S> {
+impl<S: Storage + ?Sized> Manifests for Quota<S> {
     async fn manifest_get(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>> {
         self.inner.manifest_get(repo, digest).await
     }
@@ -280,7 +284,7 @@ impl<S: Storage> Manifests for Quota<S> {
 }
 
 #[async_trait]
-impl<S: Storage> Tags for Quota<S> {
+impl<S: Storage + ?Sized> Tags for Quota<S> {
     async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
         self.inner.tag_get(repo, tag).await
     }
@@ -295,7 +299,7 @@ impl<S: Storage> Tags for Quota<S> {
 }
 
 #[async_trait]
-impl<S: Storage> Catalog for Quota<S> {
+impl<S: Storage + ?Sized> Catalog for Quota<S> {
     async fn repositories(&self) -> Result<Vec<String>> {
         self.inner.repositories().await
     }
@@ -304,7 +308,7 @@ impl<S: Storage> Catalog for Quota<S> {
 /// The collector works below the quotas: it only deletes, and hands its
 /// figures to the book itself.
 #[async_trait]
-impl<S: Storage> Lifecycle for Quota<S> {
+impl<S: Storage + ?Sized> Lifecycle for Quota<S> {
     async fn collector_lock(&self) -> Result<Option<CollectorGuard>> {
         self.inner.collector_lock().await
     }

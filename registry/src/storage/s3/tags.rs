@@ -1,0 +1,103 @@
+//! Tags: one object each holding the digest, last writer wins. A deleted tag is
+//! emptied rather than removed, conditionally on what was read (S3 has no
+//! conditional delete), so a tag moved meanwhile by another push is kept.
+
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::S3Storage;
+use super::objects::FANOUT;
+use crate::digest::Digest;
+use crate::names::{RepoName, Tag};
+use crate::storage::{Error, Result, Tags};
+
+impl S3Storage {
+    /// A tag's digest and the version it was read at.
+    async fn read_tag(&self, repo: &RepoName, tag: &str) -> Result<Option<(Digest, Option<String>)>> {
+        let key = self.tag_key(repo, tag);
+        let Some(read) = self.objects.get_optional(&key).await? else {
+            return Ok(None);
+        };
+        if read.bytes.is_empty() {
+            return Ok(None);
+        }
+        let text = std::str::from_utf8(&read.bytes).map_err(|e| Error::Corrupt(key.to_string(), e.to_string()))?;
+        let digest = Digest::from_str(text.trim()).map_err(|e| Error::Corrupt(key.to_string(), e.to_string()))?;
+        Ok(Some((digest, read.e_tag)))
+    }
+
+    /// Empties `tag` if it still names `digest`.
+    pub(super) async fn delete_tag_if(&self, repo: &RepoName, tag: &str, digest: &Digest) -> Result<()> {
+        let mut attempts = 0;
+        while let Some((current, e_tag)) = self.read_tag(repo, tag).await? {
+            if current != *digest || attempts == 5 {
+                break;
+            }
+            if self.objects.replace(&self.tag_key(repo, tag), Bytes::new(), e_tag).await?.is_some() {
+                break;
+            }
+            attempts += 1;
+        }
+        Ok(())
+    }
+
+    /// The names of the repository's tags (deleted ones left out) with their times.
+    async fn tag_names(&self, repo: &RepoName) -> Result<Vec<(String, SystemTime)>> {
+        let listed = self.objects.list(&self.repo_key(repo, "_manifests/tags")).await?;
+        Ok(listed
+            .into_iter()
+            .filter(|m| m.size > 0)
+            .filter_map(|m| Some((m.location.filename()?.to_owned(), m.last_modified.into())))
+            .collect())
+    }
+
+    /// Every tag with its digest and time.
+    pub(super) async fn tag_entries(&self, repo: &RepoName) -> Result<Vec<(String, Digest, SystemTime)>> {
+        futures_util::stream::iter(self.tag_names(repo).await?)
+            .map(|(name, time)| async move {
+                Ok::<_, Error>(self.read_tag(repo, &name).await?.map(|(digest, _)| (name, digest, time)))
+            })
+            .buffer_unordered(FANOUT)
+            .try_filter_map(|t| async move { Ok(t) })
+            .try_collect()
+            .await
+    }
+
+    /// Empties the tags naming `digest`; returns their names.
+    pub(super) async fn delete_tags_naming(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<String>> {
+        let tags = self.tag_entries(repo).await?;
+        futures_util::stream::iter(tags.into_iter().filter(|(_, d, _)| d == digest))
+            .map(|(name, _, _)| async move { self.delete_tag_if(repo, &name, digest).await.map(|()| name) })
+            .buffer_unordered(FANOUT)
+            .try_collect()
+            .await
+    }
+}
+
+#[async_trait]
+impl Tags for S3Storage {
+    async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        Ok(self.read_tag(repo, tag.as_str()).await?.map(|(d, _)| d))
+    }
+
+    async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        let Some((digest, _)) = self.read_tag(repo, tag.as_str()).await? else {
+            return Ok(false);
+        };
+        self.delete_tag_if(repo, tag.as_str(), &digest).await?;
+        Ok(true)
+    }
+
+    async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
+        let mut names: Vec<String> = self.tag_names(repo).await?.into_iter().map(|(name, _)| name).collect();
+        if names.is_empty() && !self.objects.exists(&self.index_key(repo.as_str())).await? {
+            return Ok(None);
+        }
+        names.sort();
+        Ok(Some(names))
+    }
+}
