@@ -1,6 +1,7 @@
-//! Two `berth-registry` processes on one storage directory, the way replicas share
-//! a volume: one upload session continued through both, racing pushes of one
-//! digest, racing tag pushes, and manifest deletes racing tag pushes.
+//! Two `berth-registry` processes on one storage, the way replicas share a
+//! volume or a bucket (each test runs on a directory and on a real MinIO): one
+//! upload session continued through both, racing pushes of one digest, racing
+//! tag pushes, and manifest deletes racing tag pushes.
 //!
 //! Whether a race actually happens differs from run to run; what is asserted does
 //! not: every outcome must satisfy the invariants checked here, so a failure names
@@ -12,7 +13,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -76,12 +77,12 @@ impl Drop for Process {
 }
 
 impl Process {
-    async fn start(root: &Path) -> Process {
+    async fn start(storage: &[std::ffi::OsString]) -> Process {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_berth-registry"))
-            .args(["--listen", &addr, "--root"])
-            .arg(root)
+            .args(["--listen", &addr])
+            .args(storage)
             .env_remove("BERTH_CONFIG")
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
@@ -102,28 +103,53 @@ impl Process {
     }
 }
 
-/// Registry processes on one storage root. Request helpers take a process index
+/// Where the processes keep their content.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    /// One directory, as on a shared volume.
+    Fs,
+    /// One prefix of a bucket on the tests' MinIO.
+    S3,
+}
+
+/// Registry processes on one storage. Request helpers take a process index
 /// and wrap it around, so the same code drives one process or two.
 struct Replicas {
     processes: Vec<Process>,
     client: Client,
     root: PathBuf,
+    s3: Option<berth_registry::config::S3Config>,
     _dir: tempfile::TempDir,
 }
 
 impl Replicas {
-    async fn start(count: usize) -> Replicas {
+    async fn start(count: usize, backend: Backend) -> Replicas {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
+        let root = dir.path().join("root");
+        let (args, s3) = match backend {
+            Backend::Fs => (vec!["--root".into(), root.clone().into_os_string()], None),
+            Backend::S3 => {
+                let (file, s3) = common::minio::config_file(dir.path());
+                (vec!["--config".into(), file.into_os_string()], Some(s3))
+            }
+        };
         let mut processes = Vec::new();
         for _ in 0..count {
-            processes.push(Process::start(&root).await);
+            processes.push(Process::start(&args).await);
         }
         // A connection per request: a registry may close a connection after refusing
         // a request whose body it did not read, and a pooled connection reused just
         // then fails on the client's side, which is no fault of the registry.
         let client = Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(0).build().unwrap();
-        Replicas { processes, client, root, _dir: dir }
+        Replicas { processes, client, root, s3, _dir: dir }
+    }
+
+    /// Every stored blob checked against its name: (checked, problems).
+    async fn verify(&self) -> (usize, Vec<String>) {
+        match &self.s3 {
+            Some(s3) => common::minio::verify_blobs(s3).await,
+            None => verify_blob_files(&self.root),
+        }
     }
 
     fn index(&self, i: usize) -> usize {
@@ -387,8 +413,8 @@ async fn stalled_patch(
 /// continues from there. Whatever the registry refuses, it must never acknowledge
 /// bytes it then loses, serve or store a blob whose content does not match its
 /// digest, or keep serving wrong content after a verified push of that digest.
-async fn upload_session_through(processes: usize) {
-    let r = Replicas::start(processes).await;
+async fn upload_session_through(processes: usize, backend: Backend) {
+    let r = Replicas::start(processes, backend).await;
     let repo = "twoproc/session";
     let data = content(1, SESSION_BLOB);
     let digest = sha256(&data);
@@ -521,7 +547,7 @@ async fn upload_session_through(processes: usize) {
             Err(e) => problems.push(format!("GET {digest} from {}: {e}", r.name(i))),
         }
     }
-    let (checked, bad) = verify_blob_files(&r.root);
+    let (checked, bad) = r.verify().await;
     if published && checked == 0 {
         problems.push("no file under blobs/sha256 although the upload was acknowledged".into());
     }
@@ -552,7 +578,7 @@ async fn upload_session_through(processes: usize) {
             Err(e) => problems.push(format!("GET {digest} from {} after the re-push: {e}", r.name(i))),
         }
     }
-    let (_, bad) = verify_blob_files(&r.root);
+    let (_, bad) = r.verify().await;
     problems.extend(bad.into_iter().map(|b| format!("after the re-push: {b}")));
 
     eprintln!(
@@ -564,14 +590,19 @@ async fn upload_session_through(processes: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_upload_session_through_two_processes() {
-    within_budget(upload_session_through(2)).await;
+    within_budget(upload_session_through(2, Backend::Fs)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_upload_session_through_two_processes_on_s3() {
+    within_budget(upload_session_through(2, Backend::S3)).await;
 }
 
 /// The same client against a single process: a control for the test above, since
 /// one process serialises the requests on a session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_upload_session_through_one_process() {
-    within_budget(upload_session_through(1)).await;
+    within_budget(upload_session_through(1, Backend::Fs)).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -627,8 +658,17 @@ async fn push_as(r: &Replicas, repo: &str, digest: &str, body: &[u8], how: Push)
 /// right bytes by both processes; nothing stored may differ from its name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_pushes_of_one_digest_with_different_bodies() {
-    within_budget(async {
-        let r = Replicas::start(2).await;
+    within_budget(racing_pushes_of_one_digest(Backend::Fs)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_pushes_of_one_digest_with_different_bodies_on_s3() {
+    within_budget(racing_pushes_of_one_digest(Backend::S3)).await;
+}
+
+async fn racing_pushes_of_one_digest(backend: Backend) {
+    {
+        let r = Replicas::start(2, backend).await;
         let repo = "twoproc/digest";
         let good = content(2, (1 << 20) + 4321);
         let mut flipped = good.clone();
@@ -721,14 +761,13 @@ async fn racing_pushes_of_one_digest_with_different_bodies() {
                 Err(e) => problems.push(format!("GET {d}: {e}")),
             }
         }
-        let (checked, bad) = verify_blob_files(&r.root);
+        let (checked, bad) = r.verify().await;
         if checked == 0 {
             problems.push("no file under blobs/sha256 although pushes were acknowledged".into());
         }
         problems.extend(bad);
         report(&problems, "racing pushes of one digest with different bodies");
-    })
-    .await;
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -755,8 +794,17 @@ struct SharedPut {
 /// be missing or torn while it is only being overwritten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_tag_pushes_from_two_processes() {
-    within_budget(async {
-        let r = Replicas::start(2).await;
+    within_budget(racing_tag_pushes(Backend::Fs)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_tag_pushes_from_two_processes_on_s3() {
+    within_budget(racing_tag_pushes(Backend::S3)).await;
+}
+
+async fn racing_tag_pushes(backend: Backend) {
+    {
+        let r = Replicas::start(2, backend).await;
         let repo = "twoproc/tags";
         let config = push_blob(&r, 0, repo, b"{}").await.unwrap();
         assert_eq!(config.status, StatusCode::CREATED, "pushing the config blob: {}", config.describe());
@@ -776,7 +824,15 @@ async fn racing_tag_pushes_from_two_processes() {
                     let ended = Instant::now();
                     let status = reply.as_ref().ok().map(|reply| reply.status);
                     shared.push((
-                        SharedPut { digest: digest.clone(), writer: w, round, process: r.name(i), status, began, ended },
+                        SharedPut {
+                            digest: digest.clone(),
+                            writer: w,
+                            round,
+                            process: r.name(i),
+                            status,
+                            began,
+                            ended,
+                        },
                         reply.err(),
                     ));
                     let tag = format!("w{w}-r{round}");
@@ -817,7 +873,9 @@ async fn racing_tag_pushes_from_two_processes() {
                     "PUT of writer {} round {} to shared on {} answered {s}",
                     put.writer, put.round, put.process
                 )),
-                (None, Some(e)) => problems.push(format!("PUT of writer {} round {} to shared: {e}", put.writer, put.round)),
+                (None, Some(e)) => {
+                    problems.push(format!("PUT of writer {} round {} to shared: {e}", put.writer, put.round))
+                }
                 (None, None) => unreachable!(),
             }
         }
@@ -853,7 +911,9 @@ async fn racing_tag_pushes_from_two_processes() {
         for i in 0..2 {
             match get_manifest(&r, i, repo, "shared").await {
                 Ok(reply) if reply.status == StatusCode::OK => finals.push(reply.header("docker-content-digest")),
-                Ok(reply) => problems.push(format!("GET shared from {} at the end answered {}", r.name(i), reply.describe())),
+                Ok(reply) => {
+                    problems.push(format!("GET shared from {} at the end answered {}", r.name(i), reply.describe()))
+                }
                 Err(e) => problems.push(format!("GET shared from {} at the end: {e}", r.name(i))),
             }
         }
@@ -892,7 +952,8 @@ async fn racing_tag_pushes_from_two_processes() {
             }
             for i in 0..2 {
                 match get_manifest(&r, i, repo, tag).await {
-                    Ok(reply) if reply.status == StatusCode::OK && reply.header("docker-content-digest") == *digest => {}
+                    Ok(reply) if reply.status == StatusCode::OK && reply.header("docker-content-digest") == *digest => {
+                    }
                     Ok(reply) => problems.push(format!(
                         "tag {tag}, acknowledged by {process} for {digest}: GET from {} answered {} ({})",
                         r.name(i),
@@ -931,8 +992,7 @@ async fn racing_tag_pushes_from_two_processes() {
             seen.len()
         );
         report(&problems, "racing tag pushes from two processes");
-    })
-    .await;
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -953,8 +1013,8 @@ const DELETE_ITERATIONS: usize = 100;
 /// `a<i>-<j>` points at M2 (the DELETE only removes tags pointing at M1), an
 /// acknowledged `b<i>` either resolves to M1 or is gone together with M1, and no
 /// listed tag ever points at a manifest that is gone.
-async fn delete_races_tag_push(processes: usize) {
-    let r = Replicas::start(processes).await;
+async fn delete_races_tag_push(processes: usize, backend: Backend) {
+    let r = Replicas::start(processes, backend).await;
     let repo = "twoproc/delete";
     let config = push_blob(&r, 0, repo, b"{}").await.unwrap();
     assert_eq!(config.status, StatusCode::CREATED, "pushing the config blob: {}", config.describe());
@@ -970,7 +1030,13 @@ async fn delete_races_tag_push(processes: usize) {
         _ => None,
     };
 
-    for it in 0..DELETE_ITERATIONS {
+    // A round trip to MinIO costs what a file write does here, and an S3
+    // iteration makes ten times more of them.
+    let iterations = match backend {
+        Backend::Fs => DELETE_ITERATIONS,
+        Backend::S3 => DELETE_ITERATIONS / 3,
+    };
+    for it in 0..iterations {
         let m1 = manifest(json!({"iteration": it.to_string(), "manifest": "M1"}));
         let m2 = manifest(json!({"iteration": it.to_string(), "manifest": "M2"}));
         let (d1, d2) = (sha256(&m1), sha256(&m2));
@@ -1093,7 +1159,7 @@ async fn delete_races_tag_push(processes: usize) {
             Err(e) => problems.push(format!("at the end: {e}")),
         }
     }
-    let (_, bad) = verify_blob_files(&r.root);
+    let (_, bad) = r.verify().await;
     problems.extend(bad);
     let groups = [
         ("acknowledged tags lost", lost),
@@ -1103,7 +1169,7 @@ async fn delete_races_tag_push(processes: usize) {
     if groups.iter().any(|(_, g)| !g.is_empty()) {
         let counts: Vec<String> = groups.iter().map(|(what, g)| format!("{} {what}", g.len())).collect();
         let mut message = format!(
-            "manifest DELETE racing tag PUTs on {processes} process(es), {DELETE_ITERATIONS} iterations: {}",
+            "manifest DELETE racing tag PUTs on {processes} process(es) ({backend:?}), {iterations} iterations: {}",
             counts.join(", ")
         );
         for (what, g) in &groups {
@@ -1121,10 +1187,15 @@ async fn delete_races_tag_push(processes: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn manifest_delete_races_tag_push_one_process() {
-    within_budget(delete_races_tag_push(1)).await;
+    within_budget(delete_races_tag_push(1, Backend::Fs)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn manifest_delete_races_tag_push_two_processes() {
-    within_budget(delete_races_tag_push(2)).await;
+    within_budget(delete_races_tag_push(2, Backend::Fs)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manifest_delete_races_tag_push_two_processes_on_s3() {
+    within_budget(delete_races_tag_push(2, Backend::S3)).await;
 }

@@ -110,7 +110,11 @@ fn wait_ready(endpoint: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let url = format!("{endpoint}/minio/health/cluster");
     while Instant::now() < deadline {
-        let ok = Command::new("curl").args(["-fsS", "-o", "/dev/null", &url]).status().is_ok_and(|s| s.success());
+        let ok = Command::new("curl")
+            .args(["-fsS", "-o", "/dev/null", &url])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
         if ok {
             return;
         }
@@ -127,4 +131,21 @@ fn make_bucket(endpoint: &str) {
         .status()
         .expect("curl");
     assert!(status.success(), "creating the bucket");
+}
+
+/// A registry configuration file on a fresh prefix of the shared bucket, for
+/// `berth-registry --config`; returns its path (inside `dir`) and the storage config.
+pub fn config_file(dir: &std::path::Path) -> (PathBuf, S3Config) {
+    let s3 = s3_config();
+    let mut config = berth_registry::Config::default();
+    config.storage.s3 = Some(s3.clone());
+    let path = dir.join("registry.yaml");
+    std::fs::write(&path, config.to_yaml()).unwrap();
+    (path, s3)
+}
+
+/// Every blob in the prefix of `s3` checked against its digest: (checked, problems).
+pub async fn verify_blobs(s3: &S3Config) -> (usize, Vec<String>) {
+    let storage = berth_registry::storage::S3Storage::open(s3).await.unwrap();
+    storage.verify_blobs().await.unwrap()
 }

@@ -178,7 +178,7 @@ impl S3Storage {
     }
 
     /// The pointer keys of every blob.
-    async fn pointer_keys(&self) -> Result<Vec<(Digest, Path)>> {
+    pub(super) async fn pointer_keys(&self) -> Result<Vec<(Digest, Path)>> {
         let listed = self.objects.list(&self.key("blobs")).await?;
         Ok(listed.into_iter().filter_map(|m| Some((digest_of(&m.location)?, m.location))).collect())
     }

@@ -108,7 +108,10 @@ impl S3Storage {
         }
         if with_tags {
             let text = Bytes::from(put.digest.to_string());
+            let tagged = self.objects.relative(&self.tagged_prefix(repo, &put.digest));
             for tag in &put.tags {
+                // The index entry first, so a delete that sees the tag also finds it.
+                self.objects.put(&self.key(&format!("{tagged}/{tag}")), Bytes::new()).await?;
                 self.objects.put(&self.tag_key(repo, tag.as_str()), text.clone()).await?;
             }
         }

@@ -11,6 +11,7 @@
 //! repositories/<name>/_manifests/revisions/<alg>/<hex>   header line (media type, subject), then the manifest
 //! repositories/<name>/_manifests/tags/<tag> the digest; empty once deleted
 //! repositories/<name>/_manifests/pulled/<alg>/<hex>      empty; its time is the last pull
+//! repositories/<name>/_manifests/tagged/<alg>/<hex>/<tag> empty; the tag was pointed at the manifest
 //! repositories/<name>/_referrers/<alg>/<subject-hex>/<alg>-<hex>   referrer descriptor
 //! repositories/<name>/_uploads/<id>         upload session state; <id>.tail.<n> its last bytes
 //! index/<name with / as +>                  the catalog: one entry per repository ever written
@@ -32,6 +33,7 @@ mod objects;
 mod parts;
 mod tags;
 mod uploads;
+mod verify;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -139,6 +141,12 @@ impl S3Storage {
 
     fn tag_key(&self, repo: &RepoName, tag: &str) -> Path {
         self.repo_key(repo, &format!("_manifests/tags/{tag}"))
+    }
+
+    /// Below it, one empty object per tag ever pointed at the manifest `d`: a
+    /// delete reads those tags instead of every tag of the repository.
+    fn tagged_prefix(&self, repo: &RepoName, d: &Digest) -> Path {
+        self.repo_key(repo, &format!("_manifests/tagged/{}/{}", d.algorithm().as_str(), d.hex()))
     }
 
     fn pulled_key(&self, repo: &RepoName, d: &Digest) -> Path {

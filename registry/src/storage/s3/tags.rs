@@ -67,12 +67,21 @@ impl S3Storage {
             .await
     }
 
-    /// Empties the tags naming `digest`; returns their names.
+    /// Empties the tags naming `digest`; returns their names. Only the tags
+    /// ever pointed at it are read (its `tagged` index, written before each tag).
     pub(super) async fn delete_tags_naming(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<String>> {
-        let tags = self.tag_entries(repo).await?;
-        futures_util::stream::iter(tags.into_iter().filter(|(_, d, _)| d == digest))
-            .map(|(name, _, _)| async move { self.delete_tag_if(repo, &name, digest).await.map(|()| name) })
+        let listed = self.objects.list(&self.tagged_prefix(repo, digest)).await?;
+        let names: Vec<String> = listed.iter().filter_map(|m| m.location.filename().map(str::to_owned)).collect();
+        futures_util::stream::iter(names)
+            .map(|name| async move {
+                let names_it = self.read_tag(repo, &name).await?.is_some_and(|(d, _)| d == *digest);
+                if names_it {
+                    self.delete_tag_if(repo, &name, digest).await?;
+                }
+                Ok::<_, Error>(names_it.then_some(name))
+            })
             .buffer_unordered(FANOUT)
+            .try_filter_map(|name| async move { Ok(name) })
             .try_collect()
             .await
     }
