@@ -15,7 +15,7 @@ pub use lifecycle::{
     CollectorConfig, CollectorKubernetes, QuotaConfig, QuotaOverride, RetentionConfig, RetentionRule, Span,
     TagRetention, repository_matches, tag_matches,
 };
-pub use storage::{S3Config, StorageConfig};
+pub use storage::{MIN_PART, S3Config, StorageConfig};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]

@@ -1034,7 +1034,7 @@ async fn delete_races_tag_push(processes: usize, backend: Backend) {
     // iteration makes ten times more of them.
     let iterations = match backend {
         Backend::Fs => DELETE_ITERATIONS,
-        Backend::S3 => DELETE_ITERATIONS / 3,
+        Backend::S3 => DELETE_ITERATIONS / 5,
     };
     for it in 0..iterations {
         let m1 = manifest(json!({"iteration": it.to_string(), "manifest": "M1"}));

@@ -37,6 +37,8 @@ pub fn s3_config() -> S3Config {
         endpoint: Some(minio.endpoint.clone()),
         prefix: format!("t-{}", uuid_like()),
         credentials_dir: Some(minio.dir.join("creds")),
+        // S3's smallest part, so blobs of a few MiB already take the multipart path.
+        part_size_bytes: berth_registry::config::MIN_PART,
         ..S3Config::default()
     }
 }
