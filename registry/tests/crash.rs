@@ -137,7 +137,8 @@ async fn acknowledged_data_survives_kill_9() {
         }
     }
     let mut server = spawn(&storage).await;
-    verify_acked(&server, &acked.lock().unwrap()).await;
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    verify_acked(&server, &acked).await;
     // Whatever was published, acknowledged or not, is complete and matches its name.
     for path in files_below(&dir.path().join("blobs")) {
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
