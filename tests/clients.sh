@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Real clients against a berth-registry process: skopeo copies a multi-arch OCI
+# Real clients against a berth-registry process (on a directory, and again on a
+# real S3 server, MinIO, for the round trips): skopeo copies a multi-arch OCI
 # index (--all) and a Docker schema2 image and manifest list out and back in with
 # digests preserved; crane pushes, lists, copies and deletes; oras pushes and pulls
 # an artifact, attaches a signature and finds it through the referrers API.
@@ -151,6 +152,22 @@ check "skopeo round-trips a Docker manifest list and schema2 image" skopeo_docke
 check "crane pull/push/copy/tag/ls/catalog/delete" crane_workflow
 check "oras push/pull/attach/discover via the referrers API" oras_artifacts
 check "skopeo pushes and pulls through the node-access forwarder" skopeo_through_forwarder
+
+# The same round trips on a registry that stores everything in S3 (a real MinIO).
+start_minio "$work/minio"
+PIDS+=("$MINIO_PID")
+s3_storage_yaml "$work/s3-clients" >"$work/s3.yaml"
+start_registry "$work/s3-data" "$work/s3.yaml"
+PIDS+=("$REGISTRY_PID")
+fs_registry=$R fs_work=$work
+R=$REGISTRY work="$work/s3-clients"
+mkdir -p "$work"
+check "S3 storage: crane builds OCI and Docker images, index and manifest list" build_images
+check "S3 storage: skopeo --all round-trips a multi-arch OCI index" skopeo_oci_index_round_trip
+check "S3 storage: skopeo round-trips a Docker manifest list and schema2 image" skopeo_docker_round_trip
+check "S3 storage: crane pull/push/copy/tag/ls/catalog/delete" crane_workflow
+check "S3 storage: oras push/pull/attach/discover via the referrers API" oras_artifacts
+R=$fs_registry work=$fs_work
 
 # --- Access control -----------------------------------------------------------
 # Every client pushes and pulls the same image (oras: an artifact) with its own

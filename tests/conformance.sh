@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The official OCI distribution-spec conformance suite against a berth-registry
 # process: once with the default (strict) validation, once with the validation
-# relaxed so sparse manifests are accepted, and once with authentication
-# required (anonymous: none, an htpasswd user the suite logs in as). Fails on
+# relaxed so sparse manifests are accepted, once with authentication
+# required (anonymous: none, an htpasswd user the suite logs in as), and once
+# with everything stored in S3 (a real MinIO). Fails on
 # any failed, errored or skipped test, or when the suite wrote no results.
 set -euo pipefail
 # shellcheck source=tests/lib/common.sh
@@ -11,7 +12,7 @@ source "$(dirname "$0")/lib/common.sh"
 apt_install apache2-utils
 suite=$(go_tool conformance)
 work=$(mktemp -d)
-trap 'stop_registry; rm -rf "$work"' EXIT
+trap 'stop_registry; stop_minio; rm -rf "$work"' EXIT
 
 run_suite() { # name config-yaml extra-env...
   local name=$1 config=$2; shift 2
@@ -55,6 +56,10 @@ htpasswd -Bbc "$work/htpasswd" conformance "$password" 2>/dev/null
 check "conformance (authentication required: htpasswd user, anonymous: none)" run_suite auth \
   "auth: {anonymous: none, htpasswd: {path: $work/htpasswd}}" \
   OCI_USERNAME=conformance OCI_PASSWORD="$password" OCI_API_BLOBS_MOUNT_ANONYMOUS=false
+
+# Everything stored in S3: a real MinIO started here.
+start_minio "$work/minio"
+check "conformance (S3 storage on MinIO)" run_suite s3 "$(s3_storage_yaml "$work/s3")"
 
 echo "conformance: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]
