@@ -171,3 +171,45 @@ async fn a_collection_frees_what_nothing_references() {
     let (checked, bad) = common::minio::verify_blobs(&s3).await;
     assert_eq!((checked, bad), (2, Vec::<String>::new()), "the config and the kept layer");
 }
+
+/// Uploads share `bufferBytes` of memory: while a slow client holds the only
+/// part's worth (its buffer is past 1 MiB), a second large push waits and is
+/// turned away with 429 after 10 s, small pushes go on, and once the slow client
+/// finishes the large push succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_share_a_bounded_buffer() {
+    let (r, _) = on_s3(|s3| s3.buffer_bytes = s3.part_size_bytes + (1 << 20)).await;
+    let slow_data = content(1, 3 << 20);
+    let slow_digest = Digest::of(Algorithm::Sha256, &slow_data);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let slow = r
+        .req(Method::POST, &format!("/v2/memory/slow/blobs/uploads/?digest={slow_digest}"))
+        .header("content-length", slow_data.len())
+        .body(body)
+        .send();
+    let slow = tokio::spawn(slow);
+    tx.send(Ok(slow_data[..2 << 20].to_vec())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let small = content(2, 100_000);
+    r.push_blob("memory/small", &small).await;
+    let large = content(3, 2 << 20);
+    let d = Digest::of(Algorithm::Sha256, &large);
+    let url = format!("/v2/memory/large/blobs/uploads/?digest={d}");
+    let refused = r.req(Method::POST, &url).body(large.clone()).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    tx.send(Ok(slow_data[2 << 20..].to_vec())).await.unwrap();
+    drop(tx);
+    let done = slow.await.unwrap().unwrap();
+    assert_eq!(done.status(), StatusCode::CREATED);
+    r.push_blob("memory/large", &large).await;
+}
+
+/// A receiver as a stream of request body chunks.
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -68,6 +68,12 @@ pub struct S3Config {
     /// holds at most about one part in memory while its body streams.
     #[schemars(with = "i64", range(min = 5_242_880i64, max = 5_368_709_120i64))]
     pub part_size_bytes: u64,
+    /// Bytes all uploads together may hold in memory in parts being filled or
+    /// sent. An upload takes a whole part of it once it has more than 1 MiB
+    /// buffered (smaller blobs never wait), and gives it back when the part is
+    /// sent; when none is left for 10 s the request gets 429 and can be retried.
+    #[schemars(with = "i64", range(min = 5_242_880i64))]
+    pub buffer_bytes: u64,
 }
 
 /// S3's smallest part but the last.
@@ -86,6 +92,7 @@ impl Default for S3Config {
             credentials_dir: None,
             redirect: false,
             part_size_bytes: 16 << 20,
+            buffer_bytes: 1 << 30,
         }
     }
 }
@@ -102,6 +109,9 @@ impl S3Config {
         }
         if !(MIN_PART..=MAX_PART).contains(&self.part_size_bytes) {
             return Err(format!("storage.s3.partSizeBytes must be between {MIN_PART} and {MAX_PART}"));
+        }
+        if self.buffer_bytes < self.part_size_bytes + (1 << 20) {
+            return Err("storage.s3.bufferBytes must hold at least one part (partSizeBytes) and 1 MiB".into());
         }
         if self.prefix.starts_with('/') || self.prefix.contains("//") {
             return Err("storage.s3.prefix must not start with / or contain //".into());

@@ -52,6 +52,10 @@ pub(super) fn parse<T: for<'a> Deserialize<'a>>(key: &Path, bytes: &[u8]) -> Res
 }
 
 impl S3Storage {
+    pub(super) fn parts(&self, key: Path) -> Parts {
+        Parts::new(self.objects.clone(), key, self.part_size, self.buffers.clone())
+    }
+
     /// The pointer as stored now, with its version.
     pub(super) async fn read_pointer(&self, d: &Digest) -> Result<Option<(Pointer, Option<String>)>> {
         let key = self.pointer_key(d);
@@ -164,7 +168,7 @@ impl S3Storage {
         body: ByteStream,
         algorithm: crate::digest::Algorithm,
     ) -> Result<(Path, Digest, u64)> {
-        let mut parts = Parts::new(self.objects.clone(), self.new_data_key(), self.part_size);
+        let mut parts = self.parts(self.new_data_key());
         let mut hasher = Hasher::new(algorithm);
         let len = match parts.pump(&mut hasher, body, None).await {
             Ok(len) => len,

@@ -54,6 +54,8 @@ const REDIRECT_EXPIRY: Duration = Duration::from_secs(20 * 60);
 pub struct S3Storage {
     objects: Arc<Objects>,
     part_size: usize,
+    /// Memory for parts, in MiB (see `parts.rs`).
+    buffers: Arc<tokio::sync::Semaphore>,
     redirect: bool,
     /// Pointers never change while they exist: digest → (data key, size).
     pointers: quick_cache::sync::Cache<Digest, (String, u64)>,
@@ -111,6 +113,7 @@ impl S3Storage {
         Ok(S3Storage {
             objects: Arc::new(Objects::new(store, config.prefix.trim_end_matches('/'))),
             part_size: config.part_size_bytes as usize,
+            buffers: Arc::new(tokio::sync::Semaphore::new(parts::mib(config.buffer_bytes as usize))),
             redirect: config.redirect,
             pointers: quick_cache::sync::Cache::new(100_000),
             indexed: quick_cache::sync::Cache::new(100_000),

@@ -2,12 +2,20 @@
 //! (at most one part being filled and one being sent), or, when it stays under
 //! one part, into a single PUT. The object appears only when the upload is
 //! completed, whole.
+//!
+//! Memory is bounded by `storage.s3.bufferBytes`, counted in MiB: a buffer past
+//! its first MiB reserves a whole part at once (so every holder can finish its
+//! part and nobody waits on a half-filled buffer of another), and the
+//! reservation travels with the part until it is sent.
 
 use std::sync::Arc;
+
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use object_store::path::Path;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::Objects;
@@ -15,11 +23,24 @@ use super::uploads::Lease;
 use crate::digest::Hasher;
 use crate::storage::{ByteStream, Error, Result};
 
+/// A buffer holds up to this much without a reservation.
+const FREE: usize = 1 << 20;
+/// How long an upload waits for memory before it is turned away (429).
+const MEMORY_WAIT: Duration = Duration::from_secs(10);
+
+/// Whole MiB needed for `bytes`.
+pub fn mib(bytes: usize) -> usize {
+    bytes.div_ceil(1 << 20)
+}
+
 /// The parts of one object so far.
 pub struct Parts {
     objects: Arc<Objects>,
     pub key: Path,
     part_size: usize,
+    memory: Arc<Semaphore>,
+    /// The buffer's reservation, once it grew past [`FREE`].
+    reserved: Option<OwnedSemaphorePermit>,
     /// The multipart upload, once the first part was sent.
     pub upload: Option<String>,
     /// Content ids of the parts sent, in order.
@@ -29,17 +50,44 @@ pub struct Parts {
 }
 
 impl Parts {
-    pub fn new(objects: Arc<Objects>, key: Path, part_size: usize) -> Self {
-        Parts { objects, key, part_size, upload: None, sent: Vec::new(), buffer: BytesMut::new(), sending: None }
+    pub fn new(objects: Arc<Objects>, key: Path, part_size: usize, memory: Arc<Semaphore>) -> Self {
+        Parts {
+            objects,
+            key,
+            part_size,
+            memory,
+            reserved: None,
+            upload: None,
+            sent: Vec::new(),
+            buffer: BytesMut::new(),
+            sending: None,
+        }
+    }
+
+    /// Reserves a part's memory once the buffer is to grow past [`FREE`].
+    async fn reserve(&mut self, growing_to: usize) -> Result<()> {
+        if self.reserved.is_some() || growing_to <= FREE {
+            return Ok(());
+        }
+        let wanted = mib(self.part_size + FREE) as u32;
+        let acquire = self.memory.clone().acquire_many_owned(wanted);
+        match tokio::time::timeout(MEMORY_WAIT, acquire).await {
+            Ok(Ok(permit)) => {
+                self.reserved = Some(permit);
+                Ok(())
+            }
+            _ => Err(Error::Busy("uploads hold all of storage.s3.bufferBytes")),
+        }
     }
 
     /// Continues an upload whose parts `sent` are in `upload`, with `tail` (the
     /// bytes after them) not sent yet.
-    pub fn resume(mut self, upload: Option<String>, sent: Vec<String>, tail: Bytes) -> Self {
+    pub async fn resume(mut self, upload: Option<String>, sent: Vec<String>, tail: Bytes) -> Result<Self> {
         self.upload = upload;
         self.sent = sent;
+        self.reserve(tail.len()).await?;
         self.buffer.extend_from_slice(&tail);
-        self
+        Ok(self)
     }
 
     /// Streams `body` in, hashing it; returns its length. A failing body ends
@@ -62,6 +110,10 @@ impl Parts {
             };
             hasher.update(&chunk);
             len += chunk.len() as u64;
+            if let Err(e) = self.reserve(self.buffer.len() + chunk.len()).await {
+                self.settle_sending().await?;
+                return Err(e);
+            }
             // Copied, not kept: a network chunk can pin a larger receive buffer.
             self.buffer.extend_from_slice(&chunk);
             if self.buffer.len() >= self.part_size {
@@ -86,9 +138,15 @@ impl Parts {
             }
         };
         let data = self.buffer.split().freeze();
-        self.buffer.reserve(self.part_size);
+        // A fresh buffer: the sent one is freed with its reservation once sent.
+        self.buffer = BytesMut::new();
+        let reservation = self.reserved.take();
         let (objects, key, index) = (self.objects.clone(), self.key.clone(), self.sent.len());
-        self.sending = Some(tokio::spawn(async move { objects.put_part(&key, &upload, index, vec![data]).await }));
+        self.sending = Some(tokio::spawn(async move {
+            let sent = objects.put_part(&key, &upload, index, vec![data]).await;
+            drop(reservation);
+            sent
+        }));
         Ok(())
     }
 

@@ -128,8 +128,8 @@ impl S3Storage {
                 bytes.ok_or_else(|| Error::Corrupt(tail_key.to_string(), "the tail is missing or short".into()))?
             }
         };
-        let parts = Parts::new(self.objects.clone(), self.key(&state.data), self.part_size);
-        Ok((parts.resume(state.upload.clone(), state.parts.clone(), tail), hasher))
+        let parts = self.parts(self.key(&state.data));
+        Ok((parts.resume(state.upload.clone(), state.parts.clone(), tail).await?, hasher))
     }
 
     /// Streams a chunk into the held session; the parts, hasher and length.
