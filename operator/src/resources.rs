@@ -7,10 +7,10 @@ use berth_crds::{AccessMode, Registry};
 use berth_registry::config::{Config, LogFormat};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
-    Toleration, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, KeyToPath,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, TCPSocketAction, Toleration, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -42,6 +42,8 @@ pub const CONFIG_HASH: &str = "berth.dev/config-hash";
 pub const APPLIED_HASH: &str = "berth.dev/applied-hash";
 /// UID of the Registry a claim was created for; claims without it are never adopted.
 pub const OWNER_UID: &str = "berth.dev/registry-uid";
+/// Secret files: readable by their owner and by the pod's group (`fsGroup`), nobody else.
+const SECRET_MODE: i32 = 0o440;
 
 pub fn labels(reg: &Registry) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -163,6 +165,28 @@ fn probe(reg: &Registry, initial_delay: i32) -> Probe {
         period_seconds: Some(10),
         ..Default::default()
     }
+}
+
+/// A read-only Secret volume named `name` holding only the Secret's keys in
+/// `items`, each under its file name (`(key, file)`), mounted at `dir`.
+fn secret_volume(name: &str, secret: &str, items: &[(&str, &str)], dir: &str) -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(
+                items
+                    .iter()
+                    .map(|(key, file)| KeyToPath { key: (*key).into(), path: (*file).into(), ..Default::default() })
+                    .collect(),
+            ),
+            default_mode: Some(SECRET_MODE),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mount = VolumeMount { name: name.into(), mount_path: dir.into(), read_only: Some(true), ..Default::default() };
+    (volume, mount)
 }
 
 /// The pod's volumes and the registry container's mounts: config, data, and

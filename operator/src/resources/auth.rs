@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 
 use berth_crds::Registry;
 use berth_registry::config::{AuthConfig, HtpasswdConfig, KubernetesAuthConfig, TlsConfig};
-use k8s_openapi::api::core::v1::{KeyToPath, SecretVolumeSource, ServiceAccount, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{ServiceAccount, Volume, VolumeMount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use super::{OWNER_UID, labels, meta};
+use super::{OWNER_UID, labels, meta, secret_volume};
 
 /// Where the htpasswd Secret's key is mounted.
 pub const HTPASSWD_DIR: &str = "/etc/berth/htpasswd";
@@ -26,8 +26,6 @@ pub const TLS_DIR: &str = "/etc/berth/tls";
 pub const AUTH_DELEGATOR: &str = "system:auth-delegator";
 /// `<namespace>/<name>` of the Registry a cluster-scoped object was made for.
 pub const REGISTRY: &str = "berth.dev/registry";
-/// Secret files: readable by their owner and by the pod's group (`fsGroup`), nobody else.
-const SECRET_MODE: i32 = 0o440;
 
 /// True when the registry accepts Kubernetes tokens.
 pub fn kubernetes_auth(reg: &Registry) -> bool {
@@ -130,29 +128,19 @@ pub fn cluster_role_binding(reg: &Registry) -> ClusterRoleBinding {
     }
 }
 
-/// A read-only Secret volume holding only `keys`, mounted at `dir`.
-fn secret_volume(name: &str, secret: &str, keys: &[&str], dir: &str) -> (Volume, VolumeMount) {
-    let volume = Volume {
-        name: name.into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(secret.into()),
-            items: Some(
-                keys.iter().map(|k| KeyToPath { key: (*k).into(), path: (*k).into(), ..Default::default() }).collect(),
-            ),
-            default_mode: Some(SECRET_MODE),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let mount = VolumeMount { name: name.into(), mount_path: dir.into(), read_only: Some(true), ..Default::default() };
-    (volume, mount)
-}
-
 /// The htpasswd and TLS Secrets the Registry names, as volumes and their mounts.
 pub fn secret_volumes(reg: &Registry) -> Vec<(Volume, VolumeMount)> {
-    let htpasswd =
-        reg.spec.auth.htpasswd.as_ref().map(|h| secret_volume("htpasswd", &h.secret_name, &[&h.key], HTPASSWD_DIR));
-    let tls = reg.spec.tls.as_ref().map(|t| secret_volume("tls", &t.secret_name, &["tls.crt", "tls.key"], TLS_DIR));
+    let htpasswd = reg
+        .spec
+        .auth
+        .htpasswd
+        .as_ref()
+        .map(|h| secret_volume("htpasswd", &h.secret_name, &[(&h.key, &h.key)], HTPASSWD_DIR));
+    let tls = reg
+        .spec
+        .tls
+        .as_ref()
+        .map(|t| secret_volume("tls", &t.secret_name, &[("tls.crt", "tls.crt"), ("tls.key", "tls.key")], TLS_DIR));
     htpasswd.into_iter().chain(tls).collect()
 }
 
