@@ -72,7 +72,7 @@ operator_pid=$!
 examples_reconcile() {
   kubectl apply --server-side -f manifests/examples/ >/dev/null || return 1
   local name
-  for name in registry images local; do
+  for name in registry images local objects; do
     for _ in $(seq 1 120); do
       [ -n "$(kubectl -n default get registry "$name" -o jsonpath='{.status.endpoint}' 2>/dev/null)" ] &&
         kubectl -n default get deployment "$name" >/dev/null 2>&1 && continue 2
@@ -81,12 +81,14 @@ examples_reconcile() {
     echo "Registry $name was not reconciled; operator log:"; tail -20 "$work/operator.log"
     return 1
   done
-  for name in registry images local; do
+  for name in registry images local objects; do
     kubectl -n default get serviceaccount "$name-registry" >/dev/null || return 1
     [ "$(kubectl get clusterrolebinding "berth:registry:default:$name" -o jsonpath='{.roleRef.name}')" = system:auth-delegator ] ||
       return 1
   done
-  kubectl -n default get daemonset local-node-access >/dev/null &&
+  # The S3 Registry gets no claim.
+  ! kubectl -n default get pvc objects-data >/dev/null 2>&1 &&
+    kubectl -n default get daemonset local-node-access >/dev/null &&
     kubectl -n kube-public get configmap local-registry-hosting >/dev/null &&
     kubectl -n berth-system get lease berth-operator >/dev/null &&
     ! grep -qi forbidden "$work/operator.log"

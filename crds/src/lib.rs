@@ -25,7 +25,8 @@ pub const STORAGE_PRESSURE_PERCENT: u8 = 85;
 /// Annotation on a Registry asking for a garbage collection: any new value starts one.
 pub const COLLECT_ANNOTATION: &str = "berth.dev/collect";
 
-/// An OCI/Docker registry running in the cluster, storing images on a PersistentVolume.
+/// An OCI/Docker registry running in the cluster, storing images on a PersistentVolume
+/// or in an S3-compatible bucket.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "berth.dev",
@@ -41,12 +42,12 @@ pub const COLLECT_ANNOTATION: &str = "berth.dev/collect";
     printcolumn = r#"{"name":"Used","type":"string","jsonPath":".status.used"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("self.replicas <= 1 || self.storage.accessModes.exists(m, m == 'ReadWriteMany')").message("more than one replica needs storage.accessModes to include ReadWriteMany"))]
+#[x_kube(validation = Rule::new("self.replicas <= 1 || has(self.storage.s3) || self.storage.accessModes.exists(m, m == 'ReadWriteMany')").message("more than one replica needs storage.accessModes to include ReadWriteMany, or storage.s3"))]
 #[x_kube(validation = Rule::new("!has(self.tls) || !has(self.nodeAccess) || !self.nodeAccess.enabled").message("nodeAccess serves plain HTTP on the nodes' localhost and cannot forward to a TLS registry yet; turn one off"))]
 #[x_kube(validation = Rule::new("!has(self.retention) || !has(self.retention.rules) || self.retention.rules.all(r, size(r.repositories) > 0 && (has(r.tags) || has(r.untaggedAfter)))").message("retention.rules: every rule names repositories, and tags or untaggedAfter (a rule with neither keeps everything)"))]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySpec {
-    /// Number of registry pods. More than one needs ReadWriteMany storage.
+    /// Number of registry pods. More than one needs ReadWriteMany storage or S3.
     #[serde(default = "one")]
     #[x_kube(validation = Rule::new("self >= 0").message("replicas must not be negative"))]
     pub replicas: i32,
@@ -68,7 +69,8 @@ pub struct RegistrySpec {
     /// Annotations added to the registry pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
-    /// The PersistentVolumeClaim that holds the images.
+    /// Where the images are kept: a PersistentVolumeClaim (the default), or an
+    /// S3-compatible bucket (`s3`).
     #[serde(default)]
     pub storage: StorageSpec,
     /// Manifest handlers (one per media type) and how pushed manifests are validated.
@@ -234,7 +236,7 @@ pub struct HtpasswdSpec {
     pub secret_name: String,
     /// The key in the Secret that holds the file.
     #[serde(default = "default_htpasswd_key")]
-    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$') && !self.startsWith('..') && self != '.'").message("auth.htpasswd.key must be a Secret key: letters, digits, '-', '_' and '.'"))]
+    #[x_kube(validation = Rule::new(SECRET_KEY).message("auth.htpasswd.key must be a Secret key: letters, digits, '-', '_' and '.'"))]
     pub key: String,
     /// Who may do what. Rules add up; what no rule grants is denied. Empty: every
     /// htpasswd user may pull, push and delete everywhere.
@@ -293,12 +295,17 @@ fn yes() -> bool {
     true
 }
 
-/// The volume for images. Its size may grow but not shrink.
+/// Where the images are kept: by default a PersistentVolumeClaim `<name>-data`
+/// described by `size`, `storageClassName`, `accessModes` and `retentionPolicy`;
+/// with `s3`, a bucket instead, and no claim. A Registry keeps the kind of
+/// storage it was created with: switching would leave every image behind.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0").message("storage.size may grow but not shrink"))]
+#[x_kube(validation = Rule::new(S3_WITHOUT_CLAIM_FIELDS).message("storage.s3 needs no claim: leave storage.size, storageClassName, accessModes and retentionPolicy unset (at their defaults)"))]
+#[x_kube(validation = Rule::new("has(self.s3) == has(oldSelf.s3)").message("storage.s3 cannot be added to or removed from an existing Registry: its images would stay behind in the old storage; copy them and create a new Registry"))]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
-    /// Requested capacity, e.g. `20Gi`.
+    /// Requested capacity of the claim, e.g. `20Gi`.
     #[serde(default = "default_size")]
     pub size: Quantity,
     /// StorageClass of the claim; the cluster default when empty.
@@ -310,7 +317,18 @@ pub struct StorageSpec {
     /// What happens to the claim when the Registry is deleted.
     #[serde(default)]
     pub retention_policy: RetentionPolicy,
+    /// Keep the images in an S3-compatible bucket (AWS S3, MinIO, Ceph RGW …)
+    /// instead of a claim; any number of replicas share it. The claim's fields
+    /// must stay at their defaults. The bucket's content stays when the Registry
+    /// is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Spec>,
 }
+
+/// The claim's fields at their defaults, as the API server fills them in
+/// ([`default_size`], [`default_access_modes`], [`RetentionPolicy::Retain`]),
+/// whenever `s3` is set.
+pub const S3_WITHOUT_CLAIM_FIELDS: &str = "!has(self.s3) || (quantity(self.size).compareTo(quantity('10Gi')) == 0 && !has(self.storageClassName) && size(self.accessModes) == 1 && self.accessModes[0] == 'ReadWriteOnce' && self.retentionPolicy == 'Retain')";
 
 impl Default for StorageSpec {
     fn default() -> Self {
@@ -319,8 +337,92 @@ impl Default for StorageSpec {
             storage_class_name: None,
             access_modes: default_access_modes(),
             retention_policy: RetentionPolicy::default(),
+            s3: None,
         }
     }
+}
+
+impl StorageSpec {
+    /// True when the images live in a claim, false with `s3`.
+    pub fn uses_claim(&self) -> bool {
+        self.s3.is_none()
+    }
+}
+
+/// An S3-compatible bucket for the images. The registry pods write to it
+/// directly; clients reach it only with `redirect`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Spec {
+    /// The bucket; it must exist.
+    #[x_kube(validation = Rule::new("size(self) > 0 && !self.contains('/')").message("storage.s3.bucket must be a bucket name: not empty, no '/'"))]
+    pub bucket: String,
+    /// The service's URL, e.g. `http://minio.storage:9000`; AWS's regional
+    /// endpoint when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("storage.s3.endpoint must start with http:// or https://"))]
+    pub endpoint: Option<String>,
+    /// The bucket's region.
+    #[serde(default = "default_region")]
+    #[x_kube(validation = Rule::new("size(self) > 0").message("storage.s3.region must not be empty"))]
+    pub region: String,
+    /// Prepended to every key, so several registries can share a bucket, e.g. `team-a/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.contains('//')").message("storage.s3.prefix must not start with / or contain //"))]
+    pub prefix: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which MinIO and most
+    /// self-hosted services need; virtual-hosted style (`bucket.endpoint/key`) when false.
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    /// Answer blob downloads with a redirect to a presigned URL of the bucket,
+    /// so clients download straight from the object store. Clients then need to
+    /// reach the bucket.
+    #[serde(default)]
+    pub redirect: bool,
+    /// A Secret in the Registry's namespace with the access key. Absent, the
+    /// pods get no credentials from the operator and use their environment
+    /// (the standard `AWS_*` variables, web identity such as IRSA, or the
+    /// instance's metadata service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<S3CredentialsSecret>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+/// Which keys of a Secret hold the S3 credentials. The Secret is mounted into
+/// the registry pods; the operator never reads it, and the registry picks up
+/// changed credentials without a restart.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3CredentialsSecret {
+    /// The Secret.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("storage.s3.credentialsSecret.name must not be empty"))]
+    pub name: String,
+    /// The key that holds the access key id.
+    #[serde(default = "default_access_key_id_key")]
+    #[x_kube(validation = Rule::new(SECRET_KEY).message("storage.s3.credentialsSecret.accessKeyIdKey must be a Secret key: letters, digits, '-', '_' and '.'"))]
+    pub access_key_id_key: String,
+    /// The key that holds the secret access key.
+    #[serde(default = "default_secret_access_key_key")]
+    #[x_kube(validation = Rule::new(SECRET_KEY).message("storage.s3.credentialsSecret.secretAccessKeyKey must be a Secret key: letters, digits, '-', '_' and '.'"))]
+    pub secret_access_key_key: String,
+    /// The key that holds a session token, for temporary credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(SECRET_KEY).message("storage.s3.credentialsSecret.sessionTokenKey must be a Secret key: letters, digits, '-', '_' and '.'"))]
+    pub session_token_key: Option<String>,
+}
+
+/// A valid key of a Secret's data.
+const SECRET_KEY: &str = "self.matches('^[-._a-zA-Z0-9]+$') && !self.startsWith('..') && self != '.'";
+
+fn default_access_key_id_key() -> String {
+    "accessKeyId".into()
+}
+
+fn default_secret_access_key_key() -> String {
+    "secretAccessKey".into()
 }
 
 fn default_size() -> Quantity {

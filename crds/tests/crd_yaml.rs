@@ -55,3 +55,56 @@ fn auth_defaults_are_safe_in_the_schema() {
     assert_eq!(rust.auth.anonymous, berth_crds::Anonymous::None);
     assert!(rust.auth.kubernetes.enabled && rust.tls.is_none());
 }
+
+/// `storage.s3` is an addition: the default storage is still the claim, and
+/// the S3 fields default in the schema to what the registry would assume.
+#[test]
+fn s3_storage_in_the_schema() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(berth_crds::Registry::crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+    let storage = &schema["spec"]["properties"]["storage"];
+    assert_eq!(
+        storage["default"],
+        serde_json::json!({"size": "10Gi", "accessModes": ["ReadWriteOnce"], "retentionPolicy": "Retain"}),
+        "existing Registries keep their claim"
+    );
+    let s3 = &storage["properties"]["s3"];
+    assert_eq!(s3["required"], serde_json::json!(["bucket"]));
+    assert_eq!(s3["properties"]["region"]["default"], "us-east-1");
+    assert_eq!(s3["properties"]["pathStyle"]["default"], true);
+    assert_eq!(s3["properties"]["redirect"]["default"], false);
+    assert!(s3["properties"]["endpoint"]["default"].is_null() && s3["properties"]["prefix"]["default"].is_null());
+    let secret = &s3["properties"]["credentialsSecret"];
+    assert_eq!(secret["required"], serde_json::json!(["name"]));
+    assert_eq!(secret["properties"]["accessKeyIdKey"]["default"], "accessKeyId");
+    assert_eq!(secret["properties"]["secretAccessKeyKey"]["default"], "secretAccessKey");
+    assert!(secret["properties"]["sessionTokenKey"]["default"].is_null());
+
+    let rules: Vec<&str> =
+        storage["x-kubernetes-validations"].as_array().unwrap().iter().map(|r| r["rule"].as_str().unwrap()).collect();
+    assert!(rules.contains(&"has(self.s3) == has(oldSelf.s3)"), "no transition rule: {rules:?}");
+    assert!(rules.contains(&berth_crds::S3_WITHOUT_CLAIM_FIELDS), "{rules:?}");
+    let yaml = berth_crds::crd_yaml();
+    for needle in [
+        "storage.s3 needs no claim",
+        "storage.s3 cannot be added to or removed from an existing Registry",
+        "self.replicas <= 1 || has(self.storage.s3) ||",
+    ] {
+        assert!(yaml.contains(needle), "CRD lacks {needle:?}");
+    }
+}
+
+/// The rule that keeps a claim's fields away from S3 compares them with the
+/// defaults the API server fills in; these must be the Rust defaults.
+#[test]
+fn the_s3_rule_knows_the_claim_defaults() {
+    let defaults = berth_crds::StorageSpec::default();
+    let rule = berth_crds::S3_WITHOUT_CLAIM_FIELDS;
+    assert!(rule.contains(&format!("quantity('{}')", defaults.size.0)), "{rule}");
+    assert_eq!(defaults.access_modes, [berth_crds::AccessMode::ReadWriteOnce]);
+    assert!(rule.contains("size(self.accessModes) == 1 && self.accessModes[0] == 'ReadWriteOnce'"), "{rule}");
+    assert_eq!(defaults.retention_policy, berth_crds::RetentionPolicy::Retain);
+    assert!(rule.contains("self.retentionPolicy == 'Retain'") && rule.contains("!has(self.storageClassName)"));
+    assert!(defaults.storage_class_name.is_none() && defaults.s3.is_none());
+}

@@ -264,10 +264,14 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
     let mut problem = None;
     // Kept from the status while a problem stops the steps that read a new one.
     let mut report = status::last_report(reg);
-    match ensure_claim(ctx, reg, &claims).await {
-        Ok(change) => changes.push(("PersistentVolumeClaim", change)),
-        Err(e @ Error::ForeignClaim(_)) => problem = Some(e.to_string()),
-        Err(e) => return fail(reg, ctx, e).await,
+    // On S3 there is no claim: the CRD refuses to switch an existing Registry
+    // between the two, so there is never one of ours to clean up either.
+    if reg.spec.storage.uses_claim() {
+        match ensure_claim(ctx, reg, &claims).await {
+            Ok(change) => changes.push(("PersistentVolumeClaim", change)),
+            Err(e @ Error::ForeignClaim(_)) => problem = Some(e.to_string()),
+            Err(e) => return fail(reg, ctx, e).await,
+        }
     }
     if problem.is_none() {
         let steps = async {
@@ -363,7 +367,7 @@ async fn write_status(
 
 /// On deletion: delete the objects outside the Registry's namespace, and the
 /// claim if the retention policy says so; owned objects are garbage-collected
-/// through their owner references.
+/// through their owner references. A bucket's content is never deleted.
 async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action> {
     ctx.forget(reg);
     let (hosting_ns, hosting_name) = resources::LOCAL_REGISTRY_HOSTING;
@@ -371,7 +375,7 @@ async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action> {
     remove_if_ours(ctx, &hosting, hosting_name, marked_for(reg)).await?;
     let bindings = Api::<ClusterRoleBinding>::all(ctx.client.clone());
     remove_if_ours(ctx, &bindings, &resources::cluster_role_binding_name(reg), marked_for(reg)).await?;
-    if reg.spec.storage.retention_policy == RetentionPolicy::Delete {
+    if reg.spec.storage.uses_claim() && reg.spec.storage.retention_policy == RetentionPolicy::Delete {
         let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &reg.namespace().unwrap_or_default());
         let name = resources::claim_name(reg);
         if let Some(existing) = claims.get_opt(&name).await? {

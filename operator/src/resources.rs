@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use berth_crds::{AccessMode, Registry};
+use berth_crds::Registry;
 use berth_registry::config::{Config, LogFormat};
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, KeyToPath,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, TCPSocketAction, Toleration, Volume, VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    TCPSocketAction, Toleration, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -28,6 +28,8 @@ pub use lifecycle::{
     collector_config, gc_requests, gc_requests_name, registry_hosts, registry_role, registry_role_binding,
     registry_role_name, usage_config_map, usage_name,
 };
+mod storage;
+pub use storage::storage_config;
 
 /// Where the registry listens inside its container.
 pub const REGISTRY_PORT: i32 = 5000;
@@ -79,6 +81,7 @@ fn meta(reg: &Registry, name: String, owned: bool) -> ObjectMeta {
 pub fn registry_config(reg: &Registry) -> Config {
     let mut config = Config {
         listen: format!("0.0.0.0:{REGISTRY_PORT}"),
+        storage: storage_config(reg),
         delete_enabled: reg.spec.delete_enabled,
         read_only: reg.spec.read_only,
         manifests: reg.spec.manifests.clone(),
@@ -90,7 +93,6 @@ pub fn registry_config(reg: &Registry) -> Config {
         quota: reg.spec.quota.clone(),
         ..Config::default()
     };
-    config.storage.root = DATA_DIR.into();
     config.log.format = LogFormat::Json;
     config
 }
@@ -126,10 +128,6 @@ pub fn config_map(reg: &Registry) -> ConfigMap {
         data: Some(BTreeMap::from([(CONFIG_FILE.to_owned(), registry_config(reg).to_yaml())])),
         ..Default::default()
     }
-}
-
-fn read_write_many(reg: &Registry) -> bool {
-    reg.spec.storage.access_modes.contains(&AccessMode::ReadWriteMany)
 }
 
 pub fn claim(reg: &Registry) -> PersistentVolumeClaim {
@@ -189,8 +187,8 @@ fn secret_volume(name: &str, secret: &str, items: &[(&str, &str)], dir: &str) ->
     (volume, mount)
 }
 
-/// The pod's volumes and the registry container's mounts: config, data, and
-/// the Secrets the Registry names.
+/// The pod's volumes and the registry container's mounts: config, the data
+/// (claim) or S3 credentials, and the Secrets the Registry names.
 fn volumes(reg: &Registry) -> (Vec<Volume>, Vec<VolumeMount>) {
     let config = Volume {
         name: "config".into(),
@@ -203,16 +201,7 @@ fn volumes(reg: &Registry) -> (Vec<Volume>, Vec<VolumeMount>) {
         read_only: Some(true),
         ..Default::default()
     };
-    let data = Volume {
-        name: "data".into(),
-        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-            claim_name: claim_name(reg),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let data_mount = VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..Default::default() };
-    [(config, config_mount), (data, data_mount)].into_iter().chain(auth::secret_volumes(reg)).unzip()
+    [(config, config_mount)].into_iter().chain(storage::data_volumes(reg)).chain(auth::secret_volumes(reg)).unzip()
 }
 
 pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
@@ -256,11 +245,7 @@ pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
         spec: DeploymentSpec {
             replicas: Some(spec.replicas),
             selector: LabelSelector { match_labels: Some(labels(reg)), ..Default::default() },
-            // Two pods cannot share a ReadWriteOnce volume: replace, do not overlap.
-            strategy: Some(DeploymentStrategy {
-                type_: Some(if read_write_many(reg) { "RollingUpdate" } else { "Recreate" }.into()),
-                ..Default::default()
-            }),
+            strategy: Some(storage::strategy(reg)),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(reg)),

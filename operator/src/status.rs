@@ -65,7 +65,9 @@ pub fn desired(
             None => condition(DEGRADED, false, "Reconciled", "all objects are as specified".into(), generation, &now),
         },
     ];
-    conditions.extend(report.map(|r| storage_pressure(&r.usage, generation, &now)));
+    // A bucket has no size to fill: StoragePressure is about the claim's volume.
+    let on_volume = report.filter(|_| reg.spec.storage.uses_claim());
+    conditions.extend(on_volume.map(|r| storage_pressure(&r.usage, generation, &now)));
     let previous = reg.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let conditions = conditions
         .into_iter()
@@ -256,6 +258,15 @@ mod tests {
         assert_eq!(get(&roomy, STORAGE_PRESSURE).status, "False", "85% is not yet pressure");
         let unknown = desired(&registry(), None, None, Some(&report(5, None, None)), now(1));
         assert_eq!(get(&unknown, STORAGE_PRESSURE).status, "Unknown");
+    }
+
+    #[test]
+    fn a_bucket_has_no_storage_pressure() {
+        let mut reg = registry();
+        reg.spec.storage = serde_saphyr::from_str("s3: {bucket: images}").unwrap();
+        let s = desired(&reg, None, None, Some(&report(5, None, None)), now(1));
+        assert!(!s.conditions.iter().any(|c| c.type_ == STORAGE_PRESSURE), "{:?}", s.conditions);
+        assert_eq!(s.usage.unwrap().bytes, 5, "usage is still reported");
     }
 
     #[test]
