@@ -3,8 +3,8 @@
 # manifests` renders (--write regenerates it), every manifest passes a server-side
 # dry run, install.yaml and the examples really apply, and the operator, running
 # with a token of the ServiceAccount from manifests/rbac.yaml, reconciles the
-# examples (the registries' ServiceAccounts and token-review bindings included), so a
-# missing permission fails here.
+# examples (the registries' ServiceAccounts, token-review bindings and disruption
+# budgets included), so a missing permission fails here.
 set -euo pipefail
 # shellcheck source=tests/lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
@@ -86,8 +86,11 @@ examples_reconcile() {
     [ "$(kubectl get clusterrolebinding "berth:registry:default:$name" -o jsonpath='{.roleRef.name}')" = system:auth-delegator ] ||
       return 1
   done
-  # The S3 Registry gets no claim.
-  ! kubectl -n default get pvc objects-data >/dev/null 2>&1 &&
+  # More than one replica (images on ReadWriteMany, objects on S3) gets a budget;
+  # the S3 Registry gets no claim.
+  kubectl -n default get poddisruptionbudget images objects >/dev/null &&
+    ! kubectl -n default get poddisruptionbudget registry >/dev/null 2>&1 &&
+    ! kubectl -n default get pvc objects-data >/dev/null 2>&1 &&
     kubectl -n default get daemonset local-node-access >/dev/null &&
     kubectl -n kube-public get configmap local-registry-hosting >/dev/null &&
     kubectl -n berth-system get lease berth-operator >/dev/null &&

@@ -13,6 +13,7 @@ use berth_registry::report::Report;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -96,6 +97,7 @@ pub async fn run(ctx: Arc<Context>) {
         .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
         .owns(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
         .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default())
         .watches_stream(pods, move |pod| mapper.registries_using(&pod))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -235,6 +237,19 @@ async fn node_access(ctx: &Context, reg: &Registry, changes: &mut Vec<(&'static 
     Ok(())
 }
 
+/// The PodDisruptionBudget, present exactly while the Registry runs more than
+/// one replica.
+async fn disruption_budget(ctx: &Context, reg: &Registry) -> Result<Change> {
+    let budgets = Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), &reg.namespace().unwrap_or_default());
+    if resources::wants_disruption_budget(reg) {
+        apply_if_changed(ctx, &budgets, resources::disruption_budget(reg)).await
+    } else {
+        let uid = reg.uid();
+        let owned = |b: &PodDisruptionBudget| b.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref());
+        remove_if_ours(ctx, &budgets, &resources::disruption_budget_name(reg), owned).await
+    }
+}
+
 /// Creates the claim, or grows it; never touches a claim created for something else.
 async fn ensure_claim(ctx: &Context, reg: &Registry, api: &Api<PersistentVolumeClaim>) -> Result<Change> {
     let desired = resources::claim(reg);
@@ -285,6 +300,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
                 "Deployment",
                 apply_if_changed(ctx, &deployments, resources::deployment(reg, &ctx.image)).await?,
             ));
+            changes.push(("PodDisruptionBudget", disruption_budget(ctx, reg).await?));
             let svc = Api::<Service>::namespaced(client.clone(), &namespace);
             changes.push(("Service", apply_if_changed(ctx, &svc, resources::service(reg)).await?));
             node_access(ctx, reg, &mut changes).await?;

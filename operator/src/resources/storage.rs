@@ -1,15 +1,18 @@
 //! Where the images live: the claim `<name>-data` or an S3 bucket, and what
 //! follows from it: the registry's `storage` section, the pod's data or
-//! credentials volume, and how the Deployment rolls. Pure, like the rest of
-//! [`crate::resources`].
+//! credentials volume, how the Deployment rolls, and the disruption budget that
+//! keeps one replica serving. Pure, like the rest of [`crate::resources`].
 
 use berth_crds::{AccessMode, Registry, S3Spec};
 use berth_registry::config::{S3Config, StorageConfig};
 use k8s_openapi::api::apps::v1::{DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume, VolumeMount};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
 
-use super::{DATA_DIR, claim_name, secret_volume};
+use super::{DATA_DIR, claim_name, labels, meta, secret_volume};
 
 /// Where the S3 credentials Secret is mounted; the registry reads its files
 /// `accessKeyId`, `secretAccessKey` and `sessionToken` there.
@@ -80,6 +83,33 @@ pub fn strategy(reg: &Registry) -> DeploymentStrategy {
     }
     let shared = storage.access_modes.contains(&AccessMode::ReadWriteMany);
     DeploymentStrategy { type_: Some(if shared { "RollingUpdate" } else { "Recreate" }.into()), ..Default::default() }
+}
+
+/// The PodDisruptionBudget, named like the Registry.
+pub fn disruption_budget_name(reg: &Registry) -> String {
+    reg.name_any()
+}
+
+/// True when the Registry runs more than one replica, and so gets a
+/// disruption budget: with one replica a budget could only block node drains.
+pub fn wants_disruption_budget(reg: &Registry) -> bool {
+    reg.spec.replicas > 1
+}
+
+/// Lets voluntary disruptions (node drains) take one registry pod at a time,
+/// so the others keep serving. Pods that are not ready may always be evicted:
+/// they serve nothing, and a crash-looping pod must not block a drain.
+pub fn disruption_budget(reg: &Registry) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(reg, disruption_budget_name(reg), true),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(labels(reg)), ..Default::default() }),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

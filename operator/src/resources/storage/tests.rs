@@ -136,6 +136,25 @@ fn strategy_of(spec: &str) -> (String, Option<RollingUpdateDeployment>) {
 }
 
 #[test]
+fn more_than_one_replica_gets_a_disruption_budget() {
+    let reg = registry(S3);
+    assert!(wants_disruption_budget(&reg));
+    let pdb = disruption_budget(&reg);
+    assert_eq!((pdb.metadata.name.as_deref(), pdb.metadata.namespace.as_deref()), (Some("cache"), Some("team")));
+    let owner = &pdb.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("Registry", "uid-1", Some(true)));
+    let spec = pdb.spec.unwrap();
+    assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(spec.min_available, None);
+    assert_eq!(spec.selector.unwrap().match_labels.unwrap(), labels(&reg), "the Deployment's pods");
+    assert_eq!(spec.unhealthy_pod_eviction_policy.as_deref(), Some("AlwaysAllow"));
+
+    assert!(!wants_disruption_budget(&registry("storage: {s3: {bucket: b}}")), "one replica: nothing to keep up");
+    assert!(!wants_disruption_budget(&registry("{}")));
+    assert!(wants_disruption_budget(&registry("replicas: 2\nstorage: {accessModes: [ReadWriteMany]}")));
+}
+
+#[test]
 fn node_access_is_the_same_on_s3() {
     let on_s3 = registry("nodeAccess: {enabled: true}\nstorage: {s3: {bucket: b}}");
     let on_claim = registry("nodeAccess: {enabled: true}");
