@@ -40,6 +40,7 @@ pub const COLLECT_ANNOTATION: &str = "berth.dev/collect";
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
     printcolumn = r#"{"name":"Used","type":"string","jsonPath":".status.used"}"#,
+    printcolumn = r#"{"name":"Storage","type":"string","jsonPath":".status.storage.backend","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self.replicas <= 1 || has(self.storage.s3) || self.storage.accessModes.exists(m, m == 'ReadWriteMany')").message("more than one replica needs storage.accessModes to include ReadWriteMany, or storage.s3"))]
@@ -531,6 +532,31 @@ pub struct RegistryStatus {
     /// The last garbage collection the registry reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_collection: Option<Collection>,
+    /// Where the images are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageStatus>,
+}
+
+/// Where the images are kept, as the registry was configured.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageStatus {
+    pub backend: StorageBackend,
+    /// The bucket, with `s3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// The S3 endpoint, when the Registry names one (AWS's regional endpoint otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// The claim `<name>-data`, mounted into the pods.
+    Filesystem,
+    /// An S3-compatible bucket.
+    S3,
 }
 
 /// The CRD as YAML, as committed in `manifests/crds/`.

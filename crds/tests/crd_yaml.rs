@@ -80,6 +80,10 @@ fn s3_storage_in_the_schema() {
     assert_eq!(secret["properties"]["accessKeyIdKey"]["default"], "accessKeyId");
     assert_eq!(secret["properties"]["secretAccessKeyKey"]["default"], "secretAccessKey");
     assert!(secret["properties"]["sessionTokenKey"]["default"].is_null());
+    assert_eq!(
+        schema["status"]["properties"]["storage"]["properties"]["backend"]["enum"],
+        serde_json::json!(["filesystem", "s3"])
+    );
 
     let rules: Vec<&str> =
         storage["x-kubernetes-validations"].as_array().unwrap().iter().map(|r| r["rule"].as_str().unwrap()).collect();

@@ -377,6 +377,13 @@ async fn write_status(
             patch["status"][field] = serde_json::Value::Null;
         }
     }
+    if let Some(storage) = &status.storage {
+        for (field, absent) in [("bucket", storage.bucket.is_none()), ("endpoint", storage.endpoint.is_none())] {
+            if absent {
+                patch["status"]["storage"][field] = serde_json::Value::Null;
+            }
+        }
+    }
     api.patch_status(&reg.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(status)
 }

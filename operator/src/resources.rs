@@ -29,7 +29,7 @@ pub use lifecycle::{
     registry_role_name, usage_config_map, usage_name,
 };
 mod storage;
-pub use storage::{disruption_budget, disruption_budget_name, storage_config, wants_disruption_budget};
+pub use storage::{disruption_budget, disruption_budget_name, storage_config, storage_status, wants_disruption_budget};
 
 /// Where the registry listens inside its container.
 pub const REGISTRY_PORT: i32 = 5000;

@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::resources::{audience, endpoint, kubernetes_auth};
+use crate::resources::{audience, endpoint, kubernetes_auth, storage_status};
 
 fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>, now: &Time) -> Condition {
     Condition {
@@ -87,6 +87,7 @@ pub fn desired(
         usage: report.map(|r| r.usage.clone()),
         used: report.map(|r| human_bytes(r.usage.bytes)),
         last_collection: report.and_then(|r| r.last_collection.clone()),
+        storage: Some(storage_status(reg)),
     }
 }
 
@@ -267,6 +268,10 @@ mod tests {
         let s = desired(&reg, None, None, Some(&report(5, None, None)), now(1));
         assert!(!s.conditions.iter().any(|c| c.type_ == STORAGE_PRESSURE), "{:?}", s.conditions);
         assert_eq!(s.usage.unwrap().bytes, 5, "usage is still reported");
+        let storage = s.storage.unwrap();
+        assert_eq!((storage.backend, storage.bucket.as_deref()), (berth_crds::StorageBackend::S3, Some("images")));
+        let on_claim = desired(&registry(), None, None, None, now(1)).storage.unwrap();
+        assert_eq!(on_claim.backend, berth_crds::StorageBackend::Filesystem);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! credentials volume, how the Deployment rolls, and the disruption budget that
 //! keeps one replica serving. Pure, like the rest of [`crate::resources`].
 
-use berth_crds::{AccessMode, Registry, S3Spec};
+use berth_crds::{AccessMode, Registry, S3Spec, StorageBackend, StorageStatus};
 use berth_registry::config::{S3Config, StorageConfig};
 use k8s_openapi::api::apps::v1::{DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume, VolumeMount};
@@ -109,6 +109,18 @@ pub fn disruption_budget(reg: &Registry) -> PodDisruptionBudget {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// `status.storage`: which backend, and for S3 which bucket where.
+pub fn storage_status(reg: &Registry) -> StorageStatus {
+    match &reg.spec.storage.s3 {
+        None => StorageStatus { backend: StorageBackend::Filesystem, bucket: None, endpoint: None },
+        Some(s3) => StorageStatus {
+            backend: StorageBackend::S3,
+            bucket: Some(s3.bucket.clone()),
+            endpoint: s3.endpoint.clone(),
+        },
     }
 }
 

@@ -155,6 +155,24 @@ fn more_than_one_replica_gets_a_disruption_budget() {
 }
 
 #[test]
+fn status_names_the_backend_and_the_bucket() {
+    assert_eq!(
+        storage_status(&registry(S3)),
+        StorageStatus {
+            backend: StorageBackend::S3,
+            bucket: Some("images".into()),
+            endpoint: Some("http://minio.storage:9000".into())
+        }
+    );
+    assert_eq!(
+        storage_status(&registry("{}")),
+        StorageStatus { backend: StorageBackend::Filesystem, bucket: None, endpoint: None }
+    );
+    let text = serde_json::to_string(&storage_status(&registry("storage: {s3: {bucket: b}}"))).unwrap();
+    assert_eq!(text, r#"{"backend":"s3","bucket":"b"}"#);
+}
+
+#[test]
 fn node_access_is_the_same_on_s3() {
     let on_s3 = registry("nodeAccess: {enabled: true}\nstorage: {s3: {bucket: b}}");
     let on_claim = registry("nodeAccess: {enabled: true}");
