@@ -251,6 +251,119 @@ fn retention_delete_and_foreign_claims() {
     assert!(json(&cp, &["get", "deployment", "taken"]).is_none(), "a Deployment would mount someone else's claim");
 }
 
+/// A Registry on S3: no claim, the replicas asked for with a rolling update,
+/// a disruption budget while there is more than one, the credentials Secret
+/// mounted under the file names the registry reads, the bucket in the rendered
+/// config and in the status; and the API server's refusals around it. No
+/// kubelet runs, so no pod starts and none is waited for.
+#[test]
+fn object_storage() {
+    let (cp, _op) = setup();
+    cp.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: s3-creds}\nstringData: {id: AKIDEXAMPLE, secret: not-a-secret, token: not-a-token}\n");
+    let s3 = "{bucket: images, endpoint: 'http://minio.storage:9000', prefix: team/, credentialsSecret: {name: s3-creds, accessKeyIdKey: id, secretAccessKeyKey: secret, sessionTokenKey: token}}";
+    cp.apply(&registry("objects", &format!("{{replicas: 3, storage: {{s3: {s3}}}}}")));
+    let d = wait_for(&cp, &["get", "deployment", "objects"]);
+    let reg =
+        eventually(60, || json(&cp, &["get", "registry", "objects"]).filter(|r| r["status"]["storage"].is_object()))
+            .expect("status.storage written");
+    let uid = reg["metadata"]["uid"].as_str().unwrap().to_owned();
+    assert_eq!(
+        reg["status"]["storage"],
+        serde_json::json!({"backend": "s3", "bucket": "images", "endpoint": "http://minio.storage:9000"})
+    );
+    assert_eq!(condition(&reg, "Degraded").unwrap().0, "False", "{reg}");
+    assert!(cp.kubectl_ok(&["get", "registry", "objects", "-o", "wide"]).contains("s3"));
+
+    // Three replicas that roll one extra pod at a time, with no claim.
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(
+        d["spec"]["strategy"],
+        serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}})
+    );
+    assert!(json(&cp, &["get", "pvc", "objects-data"]).is_none(), "a claim was created for an S3 Registry");
+    let pod = &d["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(volumes.iter().all(|v| v["persistentVolumeClaim"].is_null()), "{volumes:?}");
+    let credentials = volumes.iter().find(|v| v["name"] == "s3-credentials").expect("no credentials volume");
+    assert_eq!(credentials["secret"]["secretName"], "s3-creds");
+    assert_eq!(
+        credentials["secret"]["items"],
+        serde_json::json!([{"key": "id", "path": "accessKeyId"}, {"key": "secret", "path": "secretAccessKey"},
+                           {"key": "token", "path": "sessionToken"}])
+    );
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    let mount = mounts.iter().find(|m| m["name"] == "s3-credentials").expect("credentials not mounted");
+    assert_eq!((&mount["mountPath"], &mount["readOnly"]), (&"/etc/berth/s3".into(), &true.into()));
+    assert!(mounts.iter().all(|m| m["mountPath"] != "/var/lib/berth"), "{mounts:?}");
+
+    // The registry's config holds the bucket and reads the credentials from the mount.
+    let cm = json(&cp, &["get", "configmap", "objects-config"]).unwrap();
+    let text = cm["data"]["config.yaml"].as_str().unwrap();
+    assert!(text.contains("credentialsDir: /etc/berth/s3"), "{text}");
+    let config = berth_registry::Config::from_yaml(text).unwrap();
+    let bucket = config.storage.s3.expect("no storage.s3 in the config");
+    assert_eq!(
+        (bucket.bucket.as_str(), bucket.endpoint.as_deref(), bucket.prefix.as_str(), bucket.region.as_str()),
+        ("images", Some("http://minio.storage:9000"), "team/", "us-east-1")
+    );
+    assert_eq!(bucket.credentials_dir, Some(PathBuf::from("/etc/berth/s3")));
+
+    // A disruption budget keeps all but one replica up, owned by the Registry.
+    let pdb = wait_for(&cp, &["get", "poddisruptionbudget", "objects"]);
+    assert_eq!(pdb["metadata"]["ownerReferences"][0]["uid"], uid.as_str());
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], d["spec"]["selector"]["matchLabels"]);
+
+    // One replica: the budget goes; through the scale subresource it comes back.
+    cp.kubectl_ok(&["patch", "registry", "objects", "--type", "merge", "-p", r#"{"spec":{"replicas":1}}"#]);
+    let gone = eventually(60, || json(&cp, &["get", "poddisruptionbudget", "objects"]).is_none().then_some(()));
+    assert!(gone.is_some(), "the budget outlived the second replica");
+    let one = eventually(60, || (json(&cp, &["get", "deployment", "objects"])?["spec"]["replicas"] == 1).then_some(()));
+    assert!(one.is_some(), "the Deployment was not scaled down");
+    let deleted = eventually(30, || {
+        let events = json(
+            &cp,
+            &["get", "events", "--field-selector", "involvedObject.kind=Registry,involvedObject.name=objects"],
+        )?;
+        events["items"].as_array()?.iter().any(|e| e["message"] == "deleted PodDisruptionBudget").then_some(())
+    });
+    assert!(deleted.is_some(), "no event for the deleted budget");
+    cp.kubectl_ok(&["scale", "registry", "objects", "--replicas=2"]);
+    let back = wait_for(&cp, &["get", "poddisruptionbudget", "objects"]);
+    assert_eq!(back["metadata"]["ownerReferences"][0]["uid"], uid.as_str());
+
+    // The API server refuses what would lose images or cannot work.
+    let refused = |out: std::process::Output, message: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(message), "not refused with {message:?}: {stderr}");
+    };
+    let switch = "storage.s3 cannot be added to or removed from an existing Registry";
+    let remove = r#"[{"op":"remove","path":"/spec/storage/s3"}]"#;
+    refused(
+        cp.kubectl().args(["patch", "registry", "objects", "--type", "json", "-p", remove]).output().unwrap(),
+        switch,
+    );
+    cp.apply(&registry("disk", "{}"));
+    let add = r#"{"spec":{"storage":{"s3":{"bucket":"images"}}}}"#;
+    refused(cp.kubectl().args(["patch", "registry", "disk", "--type", "merge", "-p", add]).output().unwrap(), switch);
+    let create = |spec: &str| cp.kubectl_with_input(&["apply", "-f", "-"], &registry("bad", spec));
+    for claim_field in
+        ["size: 20Gi", "storageClassName: fast", "accessModes: [ReadWriteMany]", "retentionPolicy: Delete"]
+    {
+        refused(create(&format!("{{storage: {{{claim_field}, s3: {{bucket: b}}}}}}")), "storage.s3 needs no claim");
+    }
+    refused(create("{storage: {s3: {bucket: b, endpoint: 'minio:9000'}}}"), "must start with http:// or https://");
+    refused(create("{storage: {s3: {region: eu-west-1}}}"), "bucket");
+    refused(create("{storage: {s3: {bucket: b, prefix: /x}}}"), "storage.s3.prefix must not start with /");
+    refused(create("{storage: {s3: {bucket: b, credentialsSecret: {name: c, accessKeyIdKey: ../x}}}}"), "Secret key");
+    refused(create("{replicas: 2}"), "more than one replica needs storage.accessModes to include ReadWriteMany");
+    // The defaults, written out, are not claim fields.
+    cp.apply(&registry(
+        "explicit",
+        "{replicas: 2, storage: {size: 10Gi, accessModes: [ReadWriteOnce], retentionPolicy: Retain, s3: {bucket: b}}}",
+    ));
+}
+
 /// What the registry's own ServiceAccount may do, as the API server decides it
 /// for a token of that account (its user name and groups, by impersonation).
 fn registry_account_can(cp: &ControlPlane, account: &str, verb: &str, resource: &str) -> bool {
