@@ -569,66 +569,120 @@ fn registry_bin() -> PathBuf {
     bin
 }
 
-/// Plays the kubelet for the registry pod: runs `berth-registry` with exactly the
-/// command, args and user the operator rendered, with the ConfigMap's content at
-/// the mounted config path and an empty directory as the volume (in a private
-/// mount and network namespace), asks the path the rendered probes ask, then
-/// pushes and pulls an image with crane.
-#[test]
-fn the_rendered_pod_runs_the_registry() {
-    let (cp, _op) = setup();
-    // An open registry, as before access control: this test is about the pod spec,
-    // volumes and user; Kubernetes authentication would need an API server the
-    // registry can reach from here and a token.
-    cp.apply(&registry("play", "{auth: {anonymous: all, kubernetes: {enabled: false}}}"));
-    let d = wait_for(&cp, &["get", "deployment", "play"]);
-    let cm = wait_for(&cp, &["get", "configmap", "play-config"]);
-    let pod = &d["spec"]["template"]["spec"];
-    let container = &pod["containers"][0];
-    let strings = |v: &Value| v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect::<Vec<_>>();
-    let command = [strings(&container["command"]), strings(&container["args"])].concat();
-    let user = container["securityContext"]["runAsUser"].as_i64().unwrap();
-    let probe = &container["readinessProbe"]["httpGet"];
-    assert_eq!(probe["scheme"], "HTTP");
-    let probe_path = probe["path"].as_str().unwrap().to_owned();
-    let mounts: Vec<(String, String)> = container["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["name"].as_str().unwrap().to_owned(), m["mountPath"].as_str().unwrap().to_owned()))
-        .collect();
-
-    let work = tempfile::tempdir().unwrap();
-    let config_dir = work.path().join("config");
-    let data_dir = work.path().join("data");
-    std::fs::create_dir_all(&config_dir).unwrap();
-    std::fs::create_dir_all(&data_dir).unwrap();
-    for (file, content) in cm["data"].as_object().unwrap() {
-        std::fs::write(config_dir.join(file), content.as_str().unwrap()).unwrap();
-    }
-    let mut binds = String::new();
-    for (name, path) in &mounts {
-        let source = if name == "config" { &config_dir } else { &data_dir };
-        binds += &format!("mkdir -p '{path}' && mount --bind '{}' '{path}'\n", source.display());
-    }
-    let registry_bin = registry_bin();
+/// The pinned crane: `$BERTH_CRANE`, else the cached build `tests/run` makes.
+fn crane() -> PathBuf {
     let crane = std::env::var_os("BERTH_CRANE").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/berth/gobin/crane-v0.22.1/crane")
     });
     assert!(crane.exists(), "needs {} (tests/run provides it)", crane.display());
+    crane
+}
+
+/// The pinned MinIO: `$BERTH_MINIO`, else the cached build `tests/run` makes.
+fn minio() -> PathBuf {
+    let minio = std::env::var_os("BERTH_MINIO").map(PathBuf::from).unwrap_or_else(|| {
+        let gobin = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/berth/gobin");
+        std::fs::read_dir(&gobin)
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("minio"))
+            .find(|p| p.is_file())
+            .unwrap_or_default()
+    });
+    assert!(minio.is_file(), "needs MinIO (tests/run provides it, or set BERTH_MINIO)");
+    minio
+}
+
+/// A registry pod played by hand, and what it left behind.
+struct PlayedPod {
+    /// The script's output: stdout is what the pulled layer held.
+    out: std::process::Output,
+    /// The registry's log.
+    log: String,
+    /// Per volume of the pod template, the directory that stood in for it.
+    volumes: std::collections::HashMap<String, PathBuf>,
+    /// The user the registry ran as.
+    user: u32,
+    /// The test's directory, removed on drop.
+    work: tempfile::TempDir,
+}
+
+/// Plays the kubelet for the registry pod of Deployment `name`: each volume of
+/// the rendered pod becomes a directory (a ConfigMap's data; a Secret's keys
+/// under the file names its `items` give, with the rendered mode and the pod's
+/// `fsGroup` as their group; an empty directory owned by the pod's user for a
+/// claim), bound at its mount path in a private mount and network namespace.
+/// There `before` runs first (a MinIO, say; `$WORK` is [`PlayedPod::work`]),
+/// then `berth-registry` with exactly the rendered command, args and user,
+/// asked the path the rendered probes ask; then an image is pushed and pulled
+/// back with crane.
+fn play_registry_pod(cp: &ControlPlane, name: &str, before: &str) -> PlayedPod {
+    let d = wait_for(cp, &["get", "deployment", name]);
+    let pod = &d["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let strings = |v: &Value| v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let command = [strings(&container["command"]), strings(&container["args"])].concat();
+    let user = container["securityContext"]["runAsUser"].as_i64().unwrap() as u32;
+    let group = pod["securityContext"]["fsGroup"].as_i64().unwrap() as u32;
+    let probe = &container["readinessProbe"]["httpGet"];
+    assert_eq!(probe["scheme"], "HTTP");
+    let probe_path = probe["path"].as_str().unwrap().to_owned();
+
+    let work = tempfile::tempdir().unwrap();
+    let mut volumes = std::collections::HashMap::new();
+    for volume in pod["volumes"].as_array().unwrap() {
+        let volume_name = volume["name"].as_str().unwrap();
+        let dir = work.path().join("volumes").join(volume_name);
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(config_map) = volume["configMap"]["name"].as_str() {
+            let cm = wait_for(cp, &["get", "configmap", config_map]);
+            for (file, content) in cm["data"].as_object().unwrap() {
+                std::fs::write(dir.join(file), content.as_str().unwrap()).unwrap();
+            }
+        } else if let Some(secret) = volume["secret"]["secretName"].as_str() {
+            let data = wait_for(cp, &["get", "secret", secret])["data"].clone();
+            let mode = volume["secret"]["defaultMode"].as_u64().unwrap() as u32;
+            for item in volume["secret"]["items"].as_array().unwrap() {
+                let encoded = data[item["key"].as_str().unwrap()].as_str().expect("the Secret has the key");
+                let file = dir.join(item["path"].as_str().unwrap());
+                std::fs::write(&file, base64_decode(encoded)).unwrap();
+                std::os::unix::fs::chown(&file, Some(0), Some(group)).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+        } else {
+            assert!(volume["persistentVolumeClaim"].is_object(), "a volume the test cannot play: {volume}");
+            std::os::unix::fs::chown(&dir, Some(user), Some(user)).unwrap();
+        }
+        volumes.insert(volume_name.to_owned(), dir);
+    }
+    // Every volume bound first, then the read-only ones made so, as the
+    // runtime does: a mount point nested in a read-only volume must be made.
+    let (mut binds, mut read_only) = (String::new(), String::new());
+    for mount in container["volumeMounts"].as_array().unwrap() {
+        let (source, path) = (&volumes[mount["name"].as_str().unwrap()], mount["mountPath"].as_str().unwrap());
+        binds += &format!("mkdir -p '{path}' && mount --bind '{}' '{path}'\n", source.display());
+        if mount["readOnly"] == true {
+            read_only += &format!("mount -o remount,bind,ro '{path}'\n");
+        }
+    }
+    binds += &read_only;
     let bin_dir = work.path().join("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
-    std::fs::copy(&registry_bin, bin_dir.join("berth-registry")).unwrap();
-    std::os::unix::fs::chown(&data_dir, Some(user as u32), Some(user as u32)).unwrap();
+    std::fs::copy(registry_bin(), bin_dir.join("berth-registry")).unwrap();
     std::fs::write(work.path().join("layer.txt"), "hello from a pod").unwrap();
     let quoted: Vec<String> = command.iter().map(|a| format!("'{a}'")).collect();
     let script = format!(
         r#"set -e
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 ip link set lo up
+export WORK='{work}'
+{before}
 {binds}
 export PATH='{bin}':$PATH
-chmod 755 '{work}' '{bin}'
+chmod 755 '{work}' '{bin}' '{work}/volumes'
 setpriv --reuid {user} --regid {user} --clear-groups {command} > '{work}/registry.log' 2>&1 &
 for i in $(seq 1 100); do curl -fs http://127.0.0.1:5000{probe_path} >/dev/null && break; sleep 0.1; done
 curl -fsS http://127.0.0.1:5000{probe_path} >/dev/null
@@ -638,7 +692,7 @@ cd '{work}' && tar -cf layer.tar layer.txt
 "#,
         bin = bin_dir.display(),
         work = work.path().display(),
-        crane = crane.display(),
+        crane = crane().display(),
         command = quoted.join(" "),
     );
     let out = Command::new("unshare")
@@ -646,13 +700,92 @@ cd '{work}' && tar -cf layer.tar layer.txt
         .output()
         .unwrap();
     let log = std::fs::read_to_string(work.path().join("registry.log")).unwrap_or_default();
-    assert!(out.status.success(), "pod run failed: {}\nregistry log:\n{log}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from a pod");
+    PlayedPod { out, log, volumes, user, work }
+}
+
+/// Decodes a Secret's base64 value.
+fn base64_decode(encoded: &str) -> Vec<u8> {
+    let mut child = Command::new("base64").arg("-d").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(encoded.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "not base64: {encoded}");
+    out.stdout
+}
+
+/// The registry pod runs as rendered, with the ConfigMap at its mounted path
+/// and an empty directory as the claim, and serves an image it stores there.
+#[test]
+fn the_rendered_pod_runs_the_registry() {
+    let (cp, _op) = setup();
+    // An open registry, as before access control: this test is about the pod spec,
+    // volumes and user; Kubernetes authentication would need an API server the
+    // registry can reach from here and a token.
+    cp.apply(&registry("play", "{auth: {anonymous: all, kubernetes: {enabled: false}}}"));
+    let played = play_registry_pod(&cp, "play", "");
+    assert!(
+        played.out.status.success(),
+        "pod run failed: {}\nregistry log:\n{}",
+        String::from_utf8_lossy(&played.out.stderr),
+        played.log
+    );
+    assert_eq!(String::from_utf8_lossy(&played.out.stdout), "hello from a pod");
     // The image landed on the volume, written by the unprivileged user.
-    let blobs = data_dir.join("blobs/sha256");
+    let blobs = played.volumes["data"].join("blobs/sha256");
     assert!(blobs.exists(), "no blobs on the volume");
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(&blobs).unwrap().uid(), user as u32);
+    assert_eq!(std::fs::metadata(&blobs).unwrap().uid(), played.user);
+}
+
+/// The pod of an S3 Registry runs as rendered against a real MinIO, reading
+/// its credentials from the Secret's keys as the rendered `items` name them,
+/// with no data volume at all, and its image lands in the bucket under the
+/// Registry's prefix.
+#[test]
+fn the_rendered_s3_pod_runs_the_registry() {
+    let (cp, _op) = setup();
+    let (user, password) = ("berth-play", "berth-play-secret");
+    cp.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: minio}}\nstringData: {{user: {user}, password: {password}}}\n"
+    ));
+    cp.apply(&registry(
+        "play-s3",
+        "{auth: {anonymous: all, kubernetes: {enabled: false}}, storage: {s3: {bucket: images, \
+         endpoint: 'http://127.0.0.1:9000', prefix: play-s3/, \
+         credentialsSecret: {name: minio, accessKeyIdKey: user, secretAccessKeyKey: password}}}}",
+    ));
+    // MinIO in the pod's network namespace, where the rendered endpoint points.
+    let before = format!(
+        r#"mkdir -p "$WORK/minio-data"
+MINIO_ROOT_USER={user} MINIO_ROOT_PASSWORD={password} MINIO_BROWSER=off '{minio}' server "$WORK/minio-data" \
+  --address 127.0.0.1:9000 --console-address 127.0.0.1:9001 --quiet > "$WORK/minio.log" 2>&1 &
+for i in $(seq 1 300); do curl -fs http://127.0.0.1:9000/minio/health/cluster >/dev/null && break; sleep 0.1; done
+curl -fsS --aws-sigv4 aws:amz:us-east-1:s3 -u {user}:{password} -X PUT http://127.0.0.1:9000/images
+"#,
+        minio = minio().display(),
+    );
+    let played = play_registry_pod(&cp, "play-s3", &before);
+    assert!(
+        played.out.status.success(),
+        "pod run failed: {}\nregistry log:\n{}",
+        String::from_utf8_lossy(&played.out.stderr),
+        played.log
+    );
+    assert_eq!(String::from_utf8_lossy(&played.out.stdout), "hello from a pod");
+    let names: Vec<&str> = played.volumes.keys().map(String::as_str).collect();
+    assert!(!names.contains(&"data"), "an S3 pod has no data volume: {names:?}");
+    let credentials = &played.volumes["s3-credentials"];
+    let mut files: Vec<String> =
+        std::fs::read_dir(credentials).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    files.sort();
+    assert_eq!(files, ["accessKeyId", "secretAccessKey"]);
+    assert!(played.log.contains("s3://images/play-s3/"), "the registry did not serve the bucket:\n{}", played.log);
+    // MinIO keeps an object as a directory of its key: the image is in the bucket, under the prefix.
+    let prefix = played.work.path().join("minio-data/images/play-s3");
+    let objects = std::fs::read_dir(&prefix).map(|d| d.count()).unwrap_or(0);
+    assert!(objects > 0, "nothing under {} in the bucket", prefix.display());
 }
 
 #[test]
