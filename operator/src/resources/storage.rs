@@ -20,7 +20,21 @@ pub const S3_CREDENTIALS_DIR: &str = "/etc/berth/s3";
 
 /// The registry's `storage` section: the claim's mount point, or the bucket.
 pub fn storage_config(reg: &Registry) -> StorageConfig {
-    StorageConfig { root: DATA_DIR.into(), s3: reg.spec.storage.s3.as_ref().map(s3_config) }
+    let s3 = reg.spec.storage.s3.as_ref().map(|s3| S3Config { buffer_bytes: buffer_bytes(reg), ..s3_config(s3) });
+    StorageConfig { root: DATA_DIR.into(), s3 }
+}
+
+/// The memory uploads may hold in parts: the registry's default (1 GiB), or a
+/// quarter of the container's memory limit when that is smaller, so a pod
+/// under a limit is turned away with 429 before it is OOM-killed.
+fn buffer_bytes(reg: &Registry) -> u64 {
+    let default = S3Config::default();
+    let limit = reg.spec.resources.as_ref().and_then(|r| r.limits.as_ref()).and_then(|l| l.get("memory"));
+    let Some(limit) = limit.and_then(|q| super::quantity_bytes(&q.0)) else {
+        return default.buffer_bytes;
+    };
+    let floor = default.part_size_bytes + (1 << 20);
+    ((limit / 4.0) as u64).clamp(floor, default.buffer_bytes)
 }
 
 fn s3_config(s3: &S3Spec) -> S3Config {

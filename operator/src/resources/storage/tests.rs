@@ -181,3 +181,15 @@ fn node_access_is_the_same_on_s3() {
         serde_json::to_value(with_applied_hash(node_access(&on_claim, "img"))).unwrap()
     );
 }
+
+#[test]
+fn part_memory_follows_the_memory_limit() {
+    let buffer = |resources: &str| {
+        let reg = registry(&format!("storage: {{s3: {{bucket: b}}}}\nresources: {resources}"));
+        Config::from_yaml(&config_text(&reg)).unwrap().storage.s3.unwrap().buffer_bytes
+    };
+    assert_eq!(buffer("{}"), 1 << 30, "no limit: the registry's default");
+    assert_eq!(buffer("{limits: {memory: 512Mi}}"), 128 << 20, "a quarter of the limit");
+    assert_eq!(buffer("{limits: {memory: 16Gi}}"), 1 << 30, "never above the default");
+    assert_eq!(buffer("{limits: {memory: 32Mi}}"), (16 << 20) + (1 << 20), "at least one part");
+}
