@@ -19,11 +19,16 @@ use crate::storage::StoredManifest;
 
 pub async fn get(app: &App, repo: &RepoName, reference: &str, req: Req, head: bool) -> Result<Response> {
     let reference: Reference = reference.parse()?;
-    let (digest, by_tag) = match reference {
-        Reference::Digest(d) => (d, false),
-        Reference::Tag(t) => (app.storage.tag_get(repo, &t).await?.ok_or_else(Error::manifest_unknown)?, true),
+    let (digest, stored, by_tag) = match reference {
+        Reference::Digest(d) => {
+            let stored = app.storage.manifest_get(repo, &d).await?.ok_or_else(Error::manifest_unknown)?;
+            (d, stored, false)
+        }
+        Reference::Tag(t) => {
+            let (d, stored) = app.storage.tag_manifest(repo, &t).await?.ok_or_else(Error::manifest_unknown)?;
+            (d, stored, true)
+        }
     };
-    let stored = app.storage.manifest_get(repo, &digest).await?.ok_or_else(Error::manifest_unknown)?;
     let accepts = Accepts::from_values(req.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()));
     let (digest, stored) = match Kind::from_media_type(&stored.media_type) {
         Some((kind, _)) => match negotiate::decide(kind, accepts, by_tag)? {

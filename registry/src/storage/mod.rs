@@ -159,6 +159,9 @@ pub trait Manifests: Send + Sync + 'static {
 #[async_trait]
 pub trait Tags: Send + Sync + 'static {
     async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>>;
+    /// The manifest a tag points at, with its digest: what a pull by tag reads
+    /// (one request where the backend keeps the two together).
+    async fn tag_manifest(&self, repo: &RepoName, tag: &Tag) -> Result<Option<(Digest, StoredManifest)>>;
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
     /// The repository's tags in lexical order, or `None` for an unknown repository.
     async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>>;

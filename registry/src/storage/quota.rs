@@ -289,6 +289,10 @@ impl<S: Storage + ?Sized> Tags for Quota<S> {
         self.inner.tag_get(repo, tag).await
     }
 
+    async fn tag_manifest(&self, repo: &RepoName, tag: &Tag) -> Result<Option<(Digest, StoredManifest)>> {
+        self.inner.tag_manifest(repo, tag).await
+    }
+
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
         self.inner.tag_delete(repo, tag).await
     }

@@ -50,6 +50,7 @@ macro_rules! storage_contract {
             manifest_missing_references_each_once,
             manifest_put_get_exists,
             manifest_tags_written_by_put,
+            tag_manifest_follows_moves_and_deletes,
             manifest_tag_moved_twice_unread,
             tags_sorted_and_unknown_repository,
             tag_delete,
@@ -833,6 +834,26 @@ pub async fn manifest_tags_written_by_put<S: Storage + ?Sized>(s: &S) {
     assert_eq!(s.tag_get(&elsewhere, &tag("latest")).await.unwrap(), Some(three));
     assert_eq!(s.tag_get(&r, &tag("latest")).await.unwrap(), Some(one));
     assert_eq!(s.tag_get(&elsewhere, &tag("v1")).await.unwrap(), None);
+}
+
+/// A pull by tag reads the manifest the tag names now, with its media type:
+/// after a move, and never after the tag or the manifest is deleted.
+pub async fn tag_manifest_follows_moves_and_deletes<S: Storage + ?Sized>(s: &S) {
+    let r = repo("man/by-tag");
+    let one = put_image(s, &r, 1, &["latest", "stay"]).await;
+    let r = &r;
+    let read = |t: &'static str| async move { s.tag_manifest(r, &tag(t)).await.unwrap() };
+    let (digest, stored) = read("latest").await.expect("tagged");
+    assert_eq!((digest.clone(), stored.media_type.as_str()), (one.clone(), OCI_MANIFEST));
+    assert_eq!(sha256(&stored.bytes), one);
+    let two = put_image(s, r, 2, &["latest"]).await;
+    let (digest, stored) = read("latest").await.expect("moved");
+    assert_eq!((digest, sha256(&stored.bytes)), (two.clone(), two.clone()));
+    assert!(s.tag_delete(r, &tag("latest")).await.unwrap());
+    assert!(read("latest").await.is_none(), "a deleted tag");
+    assert!(s.manifest_delete(r, &one).await.unwrap());
+    assert!(read("stay").await.is_none(), "the tag of a deleted manifest");
+    assert!(read("never").await.is_none());
 }
 
 /// A tag moved twice with no read in between reads as the last write, never as

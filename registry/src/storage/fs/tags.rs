@@ -10,7 +10,7 @@ use super::manifests::{corrupt, read_cached};
 use super::read::Mode;
 use crate::digest::Digest;
 use crate::names::{RepoName, Tag};
-use crate::storage::{Result, Tags};
+use crate::storage::{Manifests, Result, StoredManifest, Tags};
 
 #[async_trait]
 impl Tags for FsStorage {
@@ -21,6 +21,13 @@ impl Tags for FsStorage {
             text.parse().map_err(|e| corrupt(path, e))
         })
         .await
+    }
+
+    async fn tag_manifest(&self, repo: &RepoName, tag: &Tag) -> Result<Option<(Digest, StoredManifest)>> {
+        let Some(digest) = self.tag_get(repo, tag).await? else {
+            return Ok(None);
+        };
+        Ok(self.manifest_get(repo, &digest).await?.map(|m| (digest, m)))
     }
 
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {

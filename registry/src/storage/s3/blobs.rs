@@ -10,6 +10,7 @@
 //! before it is acknowledged.
 
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -42,6 +43,8 @@ pub(super) struct Link {
 
 /// Attempts at settling a publish that collector steps keep interleaving with.
 const SETTLE_ATTEMPTS: usize = 10;
+/// How long a link this process just read counts as checked for a read.
+const LINK_SEEN: Duration = Duration::from_secs(1);
 
 pub(super) fn json(value: &impl Serialize) -> Bytes {
     Bytes::from(serde_json::to_vec(value).expect("plain data serialises"))
@@ -191,11 +194,16 @@ impl Blobs for S3Storage {
         let Some(link) = self.read_link(repo, digest).await? else {
             return Ok(None);
         };
-        Ok(self.content(digest).await?.map(|_| link.size))
+        let size = self.content(digest).await?.map(|_| link.size);
+        if size.is_some() {
+            self.links_seen.insert(format!("{repo}@{digest}"), Instant::now());
+        }
+        Ok(size)
     }
 
     async fn blob_read(&self, repo: &RepoName, digest: &Digest, range: Range<u64>) -> Result<ByteStream> {
-        if !self.objects.exists(&self.link_key(repo, digest)).await? {
+        let seen = self.links_seen.get(&format!("{repo}@{digest}")).is_some_and(|at| at.elapsed() < LINK_SEEN);
+        if !seen && !self.objects.exists(&self.link_key(repo, digest)).await? {
             return Err(Error::BlobUnknown);
         }
         if range.is_empty() {
@@ -215,6 +223,7 @@ impl Blobs for S3Storage {
     }
 
     async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        self.links_seen.remove(&format!("{repo}@{digest}"));
         let key = self.link_key(repo, digest);
         if !self.objects.exists(&key).await? {
             return Ok(false);

@@ -167,6 +167,7 @@ impl S3Storage {
             }
             match self.read_link(repo, digest).await? {
                 Some(link) if time_of(link.at) < cutoff => {
+                    self.links_seen.remove(&format!("{repo}@{digest}"));
                     self.objects.delete(&self.link_key(repo, digest)).await?;
                     removed += 1;
                 }

@@ -102,12 +102,13 @@ impl S3Storage {
             media_type: put.manifest.media_type.clone(),
             subject: put.referrer.as_ref().map(|r| r.subject.clone()),
         };
-        self.objects.put(&self.revision_key(repo, &put.digest), revision.encode(&put.manifest.bytes)).await?;
+        let object = revision.encode(&put.manifest.bytes);
+        self.objects.put(&self.revision_key(repo, &put.digest), object.clone()).await?;
         if let Some(r) = &put.referrer {
             self.objects.put(&self.referrer_key(repo, &r.subject, &put.digest), json(&r.descriptor)).await?;
         }
         if with_tags {
-            let text = Bytes::from(put.digest.to_string());
+            let text = Self::tag_body(&put.digest, &object);
             let tagged = self.objects.relative(&self.tagged_prefix(repo, &put.digest));
             for tag in &put.tags {
                 // The index entry first, so a delete that sees the tag also finds it.

@@ -61,6 +61,10 @@ pub struct S3Storage {
     pointers: quick_cache::sync::Cache<Digest, (String, u64)>,
     /// Repositories whose catalog entry this process has written.
     indexed: quick_cache::sync::Cache<String, ()>,
+    /// Links this process just found, by `repo@digest`: a blob GET reads the
+    /// link for its size and then the content, and the second check would
+    /// answer what the first did a moment ago.
+    links_seen: quick_cache::sync::Cache<String, std::time::Instant>,
     /// When this process last recorded a pull, by marker key.
     pulls: quick_cache::sync::Cache<String, std::time::Instant>,
     /// Collector locks this process released, by token (see `collect.rs`).
@@ -118,6 +122,7 @@ impl S3Storage {
             pointers: quick_cache::sync::Cache::new(100_000),
             indexed: quick_cache::sync::Cache::new(100_000),
             pulls: quick_cache::sync::Cache::new(100_000),
+            links_seen: quick_cache::sync::Cache::new(10_000),
             released: Arc::default(),
         })
     }

@@ -1,6 +1,8 @@
-//! Tags: one object each holding the digest, last writer wins. A deleted tag is
-//! emptied rather than removed, conditionally on what was read (S3 has no
-//! conditional delete), so a tag moved meanwhile by another push is kept.
+//! Tags: one object each holding the digest, last writer wins, and after it (as
+//! a push writes it) a copy of the manifest object, so a pull by tag is one GET:
+//! `<digest>\n<header line>\n<manifest>`. A deleted tag is emptied rather than
+//! removed, conditionally on what was read (S3 has no conditional delete), so a
+//! tag moved meanwhile by another push is kept.
 
 use std::str::FromStr;
 use std::time::SystemTime;
@@ -10,14 +12,20 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::S3Storage;
+use super::manifests::Revision;
 use super::objects::FANOUT;
 use crate::digest::Digest;
 use crate::names::{RepoName, Tag};
-use crate::storage::{Error, Result, Tags};
+use crate::storage::{Error, Manifests, Result, StoredManifest, Tags};
 
 impl S3Storage {
     /// A tag's digest and the version it was read at.
     async fn read_tag(&self, repo: &RepoName, tag: &str) -> Result<Option<(Digest, Option<String>)>> {
+        Ok(self.read_tag_object(repo, tag).await?.map(|(digest, _, version)| (digest, version)))
+    }
+
+    /// A tag's digest, the manifest copy after it (if any) and its version.
+    async fn read_tag_object(&self, repo: &RepoName, tag: &str) -> Result<Option<(Digest, Bytes, Option<String>)>> {
         let key = self.tag_key(repo, tag);
         let Some(read) = self.objects.get_optional(&key).await? else {
             return Ok(None);
@@ -25,9 +33,21 @@ impl S3Storage {
         if read.bytes.is_empty() {
             return Ok(None);
         }
-        let text = std::str::from_utf8(&read.bytes).map_err(|e| Error::Corrupt(key.to_string(), e.to_string()))?;
-        let digest = Digest::from_str(text.trim()).map_err(|e| Error::Corrupt(key.to_string(), e.to_string()))?;
-        Ok(Some((digest, read.e_tag)))
+        let corrupt = |e: String| Error::Corrupt(key.to_string(), e);
+        let end = read.bytes.iter().position(|&b| b == b'\n').unwrap_or(read.bytes.len());
+        let text = std::str::from_utf8(&read.bytes[..end]).map_err(|e| corrupt(e.to_string()))?;
+        let digest = Digest::from_str(text.trim()).map_err(|e| corrupt(e.to_string()))?;
+        let rest = read.bytes.slice((end + 1).min(read.bytes.len())..);
+        Ok(Some((digest, rest, read.e_tag)))
+    }
+
+    /// What a push writes to a tag: the digest, then the manifest object.
+    pub(super) fn tag_body(digest: &Digest, manifest_object: &Bytes) -> Bytes {
+        let mut body = Vec::with_capacity(72 + manifest_object.len());
+        body.extend_from_slice(digest.to_string().as_bytes());
+        body.push(b'\n');
+        body.extend_from_slice(manifest_object);
+        Bytes::from(body)
     }
 
     /// Empties `tag` if it still names `digest`.
@@ -91,6 +111,19 @@ impl S3Storage {
 impl Tags for S3Storage {
     async fn tag_get(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
         Ok(self.read_tag(repo, tag.as_str()).await?.map(|(d, _)| d))
+    }
+
+    /// One GET when the tag carries the manifest; a tag restored without it
+    /// reads the manifest object too.
+    async fn tag_manifest(&self, repo: &RepoName, tag: &Tag) -> Result<Option<(Digest, StoredManifest)>> {
+        let Some((digest, copy, _)) = self.read_tag_object(repo, tag.as_str()).await? else {
+            return Ok(None);
+        };
+        if copy.is_empty() {
+            return Ok(self.manifest_get(repo, &digest).await?.map(|m| (digest, m)));
+        }
+        let (revision, bytes) = Revision::split(&self.tag_key(repo, tag.as_str()), &copy)?;
+        Ok(Some((digest, StoredManifest { media_type: revision.media_type, bytes })))
     }
 
     async fn tag_delete(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
