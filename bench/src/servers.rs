@@ -1,9 +1,11 @@
 //! The servers under test, each started fresh on a free loopback port with its
-//! own storage directory.
+//! own storage directory, or its own prefix of a MinIO bucket.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use crate::minio;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -11,6 +13,8 @@ pub enum Kind {
     Distribution,
     DebianRegistry,
     Nginx,
+    /// The object store itself, for the S3 benchmark.
+    Minio,
 }
 
 impl Kind {
@@ -20,6 +24,7 @@ impl Kind {
             Kind::Distribution => "distribution v3.1.1",
             Kind::DebianRegistry => "docker-registry 2.8 (Debian)",
             Kind::Nginx => "nginx sendfile",
+            Kind::Minio => "MinIO direct (curl)",
         }
     }
 }
@@ -57,23 +62,53 @@ pub fn authorization() -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", USER.0, USER.1)))
 }
 
-fn berth_config(dir: &Path) -> PathBuf {
+/// A registry's place in the bucket of a MinIO server started by [`Server::start_minio`].
+pub struct S3<'a> {
+    pub minio: &'a Server,
+    /// Key prefix (berth) or root directory (Distribution), without slashes.
+    pub prefix: &'a str,
+}
+
+fn berth_config(dir: &Path, auth: bool, s3: Option<&S3>) -> PathBuf {
     let path = dir.join("berth.yaml");
-    let yaml = format!("auth: {{anonymous: none, htpasswd: {{path: {}}}}}\n", htpasswd(dir).display());
+    let mut yaml = String::new();
+    if auth {
+        yaml += &format!("auth: {{anonymous: none, htpasswd: {{path: {}}}}}\n", htpasswd(dir).display());
+    }
+    if let Some(s3) = s3 {
+        yaml += &format!(
+            "storage: {{s3: {{bucket: {}, endpoint: '{}', prefix: {}, credentialsDir: {}}}}}\n",
+            minio::BUCKET,
+            s3.minio.base,
+            s3.prefix,
+            s3.minio.dir.path().join("creds").display()
+        );
+    }
     std::fs::write(&path, yaml).unwrap();
     path
 }
 
-fn distribution_config(dir: &Path, port: u16, auth: bool) -> PathBuf {
+fn distribution_config(dir: &Path, port: u16, auth: bool, s3: Option<&S3>) -> PathBuf {
     let path = dir.join("config.yml");
     let auth = if auth {
         format!("auth: {{htpasswd: {{realm: bench, path: {}}}}}\n", htpasswd(dir).display())
     } else {
         String::new()
     };
+    // On S3 it serves blobs itself, as berth does by default, rather than redirecting.
+    let storage = match s3 {
+        None => format!("filesystem: {{rootdirectory: {}}}", dir.join("data").display()),
+        Some(s3) => format!(
+            "s3: {{region: us-east-1, regionendpoint: '{}', forcepathstyle: true, bucket: {}, rootdirectory: /{}, accesskey: {}, secretkey: {}, secure: false}}\n  redirect: {{disable: true}}",
+            s3.minio.base,
+            minio::BUCKET,
+            s3.prefix,
+            minio::USER,
+            minio::PASSWORD
+        ),
+    };
     let yaml = format!(
-        "version: 0.1\nlog: {{level: error, accesslog: {{disabled: true}}}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: '127.0.0.1:{port}'}}\n{auth}",
-        dir.join("data").display()
+        "version: 0.1\nlog: {{level: error, accesslog: {{disabled: true}}}}\nstorage:\n  {storage}\n  delete: {{enabled: true}}\nhttp: {{addr: '127.0.0.1:{port}'}}\n{auth}"
     );
     std::fs::write(&path, yaml).unwrap();
     path
@@ -102,32 +137,57 @@ fn nginx_config(dir: &Path, port: u16) -> PathBuf {
 
 impl Server {
     pub async fn start(kind: Kind, bins: &Binaries) -> Server {
-        Server::launch(kind, bins, false).await
+        Server::launch(kind, bins, false, None).await
     }
 
     /// A registry that lets only [`USER`] in (htpasswd).
     pub async fn start_authenticated(kind: Kind, bins: &Binaries) -> Server {
         assert!(matches!(kind, Kind::Berth | Kind::Distribution), "{kind:?} has no htpasswd setup here");
-        Server::launch(kind, bins, true).await
+        Server::launch(kind, bins, true, None).await
     }
 
-    async fn launch(kind: Kind, bins: &Binaries, auth: bool) -> Server {
+    /// A registry that keeps its content in a MinIO bucket.
+    pub async fn start_on_s3(kind: Kind, bins: &Binaries, s3: &S3<'_>) -> Server {
+        assert!(matches!(kind, Kind::Berth | Kind::Distribution), "{kind:?} has no S3 setup here");
+        Server::launch(kind, bins, false, Some(s3)).await
+    }
+
+    /// MinIO (single drive) with the bucket [`minio::BUCKET`]; the root user's
+    /// credentials are in the files of `dir/creds`, as berth's `credentialsDir` reads them.
+    pub async fn start_minio(bin: &Path) -> Server {
+        let dir = tempfile::Builder::new().prefix("berth-bench.").tempdir_in(bench_tmp()).unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join("accessKeyId"), minio::USER).unwrap();
+        std::fs::write(creds.join("secretAccessKey"), minio::PASSWORD).unwrap();
+        let port = free_port();
+        let mut c = Command::new(bin);
+        c.arg("server").arg(dir.path().join("data")).arg("--quiet");
+        c.args(["--address", &format!("127.0.0.1:{port}")]);
+        c.args(["--console-address", &format!("127.0.0.1:{}", free_port())]);
+        c.env("MINIO_ROOT_USER", minio::USER).env("MINIO_ROOT_PASSWORD", minio::PASSWORD).env("MINIO_BROWSER", "off");
+        let server = Server::spawn(Kind::Minio, c, dir, port).await;
+        minio::make_bucket(&server.base);
+        server
+    }
+
+    async fn launch(kind: Kind, bins: &Binaries, auth: bool, s3: Option<&S3<'_>>) -> Server {
         let dir = tempfile::Builder::new().prefix("berth-bench.").tempdir_in(bench_tmp()).unwrap();
         let port = free_port();
-        let mut cmd = match kind {
+        let cmd = match kind {
             Kind::Berth => {
                 let mut c = Command::new(&bins.berth);
                 c.args(["--listen", &format!("127.0.0.1:{port}"), "--root"]).arg(dir.path().join("data"));
                 c.env("RUST_LOG", "error");
-                if auth {
-                    c.arg("--config").arg(berth_config(dir.path()));
+                if auth || s3.is_some() {
+                    c.arg("--config").arg(berth_config(dir.path(), auth, s3));
                 }
                 c
             }
             Kind::Distribution | Kind::DebianRegistry => {
                 let bin = if kind == Kind::Distribution { &bins.distribution } else { &bins.debian_registry };
                 let mut c = Command::new(bin);
-                c.arg("serve").arg(distribution_config(dir.path(), port, auth));
+                c.arg("serve").arg(distribution_config(dir.path(), port, auth, s3));
                 c.env("OTEL_TRACES_EXPORTER", "none");
                 c
             }
@@ -136,25 +196,55 @@ impl Server {
                 c.arg("-c").arg(nginx_config(dir.path(), port)).arg("-e").arg(dir.path().join("error.log"));
                 c
             }
+            Kind::Minio => panic!("MinIO starts with Server::start_minio"),
         };
+        Server::spawn(kind, cmd, dir, port).await
+    }
+
+    async fn spawn(kind: Kind, mut cmd: Command, dir: tempfile::TempDir, port: u16) -> Server {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and allocates nothing. The server is
+        // killed when the benchmark dies, whatever it died of.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        // Whatever a server writes to its working directory goes to its own.
         let child = cmd
+            .current_dir(dir.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {kind:?}: {e}"));
         let base = format!("http://127.0.0.1:{port}");
-        // Any answer will do, a 401 included: the server is up.
-        let probe = if kind == Kind::Nginx { format!("{base}/") } else { format!("{base}/v2/") };
+        // Any answer will do, a 401 included: the server is up. MinIO answers
+        // this one with 200 only once it serves requests.
+        let probe = match kind {
+            Kind::Nginx => format!("{base}/"),
+            Kind::Minio => format!("{base}/minio/health/cluster"),
+            _ => format!("{base}/v2/"),
+        };
         // Owned by the Server at once, so that a panic below still kills and reaps it.
-        let server = Server { base, child, dir };
+        let mut server = Server { base, child, dir };
         let client = reqwest::Client::new();
-        for _ in 0..200 {
-            if client.get(&probe).send().await.is_ok() {
-                return server;
+        for _ in 0..1200 {
+            match client.get(&probe).send().await {
+                Ok(r) if kind != Kind::Minio || r.status().is_success() => return server,
+                _ => {}
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("{kind:?} exited with {status} at start: {}", server.stderr());
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("{kind:?} did not start");
+        panic!("{kind:?} did not start: {}", server.stderr());
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
