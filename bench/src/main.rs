@@ -1,7 +1,9 @@
 //! `berth-bench`: berth-registry against the Distribution registry (v3, and
 //! Debian's 2.8) and nginx, measured interleaved in one run so the ratios hold on a
-//! noisy machine. Prints a Markdown table (and writes it with `--out`).
+//! noisy machine. Prints a Markdown table (and writes it with `--out`). With
+//! `--s3`, berth and Distribution v3 keep their content in one MinIO instead.
 
+mod s3;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -45,6 +47,14 @@ struct Args {
     /// Skip the measurements with htpasswd authentication (for builds without it).
     #[arg(long)]
     no_auth: bool,
+    /// berth and Distribution v3 on one MinIO (S3), against MinIO's own PUT and
+    /// GET; then the S3 requests each makes per operation. No authenticated run,
+    /// no huge push.
+    #[arg(long)]
+    s3: bool,
+    /// The MinIO server binary (with --s3).
+    #[arg(long, env = "BERTH_MINIO")]
+    minio: Option<PathBuf>,
 }
 
 const REGISTRIES: [Kind; 3] = [Kind::Berth, Kind::Distribution, Kind::DebianRegistry];
@@ -87,31 +97,21 @@ async fn main() {
     let mono = Blob::generate(args.blob_mib, 1, 1);
     let chunked = Blob::generate(args.blob_mib, 1, 2);
 
+    if args.s3 {
+        let profile = s3::run(&args, &bins, &mut s, &mono, &chunked).await;
+        let table = format!("{}\n{profile}", render(&s, &args));
+        println!("{table}");
+        if let Some(out) = &args.out {
+            std::fs::write(out, &table).unwrap();
+        }
+        return;
+    }
     let registries: &[Kind] = if args.berth_only { &REGISTRIES[..1] } else { &REGISTRIES };
     for round in 0..args.rounds {
         for &kind in registries {
             eprintln!("round {round}: {}", kind.label());
             let server = Server::start(kind, &bins).await;
-            let repo = "bench/large";
-            settle();
-            let d = push_monolithic(&client, &server.base, repo, &mono).await;
-            record(&mut s, "large push, monolithic (MB/s)", kind, mbps(mono.len(), d));
-            settle();
-            let d = push_chunked(&client, &server.base, repo, &chunked).await;
-            record(&mut s, "large push, 16 MiB chunks (MB/s)", kind, mbps(chunked.len(), d));
-            let (n, d) = pull(&client, &format!("{}/v2/{repo}/blobs/{}", server.base, mono.digest)).await;
-            assert_eq!(n, mono.len());
-            record(&mut s, "large pull (MB/s)", kind, mbps(n, d));
-            settle();
-            let rate = small_blobs(&server.base, "bench/small", args.small_blobs, 8, round as u64).await;
-            record(&mut s, "4 KiB blob push, 8 clients (blobs/s)", kind, rate);
-            let path = push_image(&client, &server.base, "bench/image").await;
-            let get = load(&server.base, &path, "GET", 32, args.load_secs, None).await;
-            record(&mut s, "manifest GET by tag, 32 conns (req/s)", kind, get.rps);
-            record(&mut s, "manifest GET p99 (ms)", kind, get.p99_ms);
-            let head = load(&server.base, &path, "HEAD", 32, args.load_secs, None).await;
-            record(&mut s, "manifest HEAD by tag, 32 conns (req/s)", kind, head.rps);
-            record(&mut s, "manifest HEAD p99 (ms)", kind, head.p99_ms);
+            measure(&mut s, kind, &server, &args, round, &mono, &chunked).await;
             drop(server);
             if kind != Kind::DebianRegistry && !args.no_auth {
                 authenticated(&mut s, kind, &bins, &mono, args.load_secs).await;
@@ -156,6 +156,32 @@ async fn main() {
     }
 }
 
+/// Every figure of one server in one round: large pushes and a pull, small
+/// pushes, manifest GET and HEAD load.
+async fn measure(s: &mut Samples, kind: Kind, server: &Server, args: &Args, round: usize, mono: &Blob, chunked: &Blob) {
+    let client = reqwest::Client::new();
+    let repo = "bench/large";
+    settle();
+    let d = push_monolithic(&client, &server.base, repo, mono).await;
+    record(s, "large push, monolithic (MB/s)", kind, mbps(mono.len(), d));
+    settle();
+    let d = push_chunked(&client, &server.base, repo, chunked).await;
+    record(s, "large push, 16 MiB chunks (MB/s)", kind, mbps(chunked.len(), d));
+    let (n, d) = pull(&client, &format!("{}/v2/{repo}/blobs/{}", server.base, mono.digest)).await;
+    assert_eq!(n, mono.len());
+    record(s, "large pull (MB/s)", kind, mbps(n, d));
+    settle();
+    let rate = small_blobs(&server.base, "bench/small", args.small_blobs, 8, round as u64).await;
+    record(s, "4 KiB blob push, 8 clients (blobs/s)", kind, rate);
+    let path = push_image(&client, &server.base, "bench/image").await;
+    let get = load(&server.base, &path, "GET", 32, args.load_secs, None).await;
+    record(s, "manifest GET by tag, 32 conns (req/s)", kind, get.rps);
+    record(s, "manifest GET p99 (ms)", kind, get.p99_ms);
+    let head = load(&server.base, &path, "HEAD", 32, args.load_secs, None).await;
+    record(s, "manifest HEAD by tag, 32 conns (req/s)", kind, head.rps);
+    record(s, "manifest HEAD p99 (ms)", kind, head.p99_ms);
+}
+
 /// The same pulls with htpasswd authentication on: a Basic header on every
 /// request, as clients send it.
 async fn authenticated(s: &mut Samples, kind: Kind, bins: &Binaries, blob: &Blob, load_secs: u64) {
@@ -176,12 +202,21 @@ async fn authenticated(s: &mut Samples, kind: Kind, bins: &Binaries, blob: &Blob
 }
 
 fn render(s: &Samples, args: &Args) -> String {
-    let columns = [Kind::Berth, Kind::Distribution, Kind::DebianRegistry, Kind::Nginx];
+    let (columns, setting) = if args.s3 {
+        (
+            &[Kind::Berth, Kind::Distribution, Kind::Minio][..],
+            "both registries on one MinIO (single drive, loopback)".into(),
+        )
+    } else {
+        (
+            &[Kind::Berth, Kind::Distribution, Kind::DebianRegistry, Kind::Nginx][..],
+            format!("peak RSS for a {} GiB push", args.rss_gib),
+        )
+    };
     let mut out = format!(
-        "Medians of {} interleaved rounds; large blob {} MiB; peak RSS for a {} GiB push.\n\n| metric | {} | berth / distribution v3 |\n|---|{}---|\n",
+        "Medians of {} interleaved rounds; large blob {} MiB; {setting}.\n\n| metric | {} | berth / distribution v3 |\n|---|{}---|\n",
         args.rounds,
         args.blob_mib,
-        args.rss_gib,
         columns.iter().map(|k| k.label()).collect::<Vec<_>>().join(" | "),
         "---|".repeat(columns.len())
     );
@@ -197,13 +232,16 @@ fn render(s: &Samples, args: &Args) -> String {
         let cells: Vec<String> = columns.iter().map(|k| fmt(cell(*k))).collect();
         out.push_str(&format!("| {metric} | {} | {ratio} |\n", cells.join(" | ")));
     }
-    if let (Some(b), Some(n)) = (
-        s.get("large pull (MB/s)").and_then(|m| m.get(Kind::Berth.label())),
-        s.get("large pull (MB/s)").and_then(|m| m.get(Kind::Nginx.label())),
-    ) {
-        out.push_str(&format!("\nberth pull / nginx sendfile pull: {:.2}\n", median(b) / median(n)));
+    let get = |metric: &str, k: Kind| s.get(metric).and_then(|m| m.get(k.label())).map(|v| median(v));
+    let berth = |metric: &str| get(metric, Kind::Berth);
+    out.push('\n');
+    for (metric, what) in [("large pull (MB/s)", "pull"), ("large push, monolithic (MB/s)", "push")] {
+        for ceiling in [Kind::Nginx, Kind::Minio] {
+            if let (Some(b), Some(c)) = (berth(metric), get(metric, ceiling)) {
+                out.push_str(&format!("berth {what} / {} {what}: {:.2}\n", ceiling.label(), b / c));
+            }
+        }
     }
-    let berth = |metric: &str| s.get(metric).and_then(|m| m.get(Kind::Berth.label())).map(|v| median(v));
     for (with, without) in [
         ("manifest GET by tag, htpasswd, 32 conns (req/s)", "manifest GET by tag, 32 conns (req/s)"),
         ("large pull, htpasswd (MB/s)", "large pull (MB/s)"),
