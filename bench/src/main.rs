@@ -205,7 +205,9 @@ fn render(s: &Samples, args: &Args) -> String {
     let (columns, setting) = if args.s3 {
         (
             &[Kind::Berth, Kind::Distribution, Kind::Minio][..],
-            "both registries on one MinIO (single drive, loopback)".into(),
+            "both registries on one MinIO (single drive, loopback); MinIO direct: curl's PUT and GET of the large blob, \
+             anonymous GETs of a 512-byte object in the manifest rows"
+                .into(),
         )
     } else {
         (
@@ -235,7 +237,11 @@ fn render(s: &Samples, args: &Args) -> String {
     let get = |metric: &str, k: Kind| s.get(metric).and_then(|m| m.get(k.label())).map(|v| median(v));
     let berth = |metric: &str| get(metric, Kind::Berth);
     out.push('\n');
-    for (metric, what) in [("large pull (MB/s)", "pull"), ("large push, monolithic (MB/s)", "push")] {
+    for (metric, what) in [
+        ("large pull (MB/s)", "pull"),
+        ("large push, monolithic (MB/s)", "push"),
+        ("manifest GET by tag, 32 conns (req/s)", "GET"),
+    ] {
         for ceiling in [Kind::Nginx, Kind::Minio] {
             if let (Some(b), Some(c)) = (berth(metric), get(metric, ceiling)) {
                 out.push_str(&format!("berth {what} / {} {what}: {:.2}\n", ceiling.label(), b / c));

@@ -39,6 +39,20 @@ pub fn delete_prefix(endpoint: &str, prefix: &str) {
     run(c, "deleting a prefix");
 }
 
+/// Lets anyone GET the objects under `prefix` (a bucket policy), so a plain HTTP
+/// client can load MinIO itself.
+pub fn public_read(endpoint: &str, prefix: &str) {
+    use sha2::Digest;
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":["*"]}},"Action":["s3:GetObject"],"Resource":["arn:aws:s3:::{BUCKET}/{prefix}/*"]}}]}}"#
+    );
+    let hash = hex::encode(sha2::Sha256::digest(&policy));
+    // `policy=`, not `policy`: curl signs a bare query key wrongly.
+    let mut c = curl(endpoint, &format!("/{BUCKET}?policy="));
+    c.args(["-f", "-X", "PUT", "-H", &format!("x-amz-content-sha256: {hash}"), "--data-binary", &policy]);
+    run(c, "setting the bucket policy");
+}
+
 /// Whether any object's key starts with `prefix`.
 pub fn has_objects(endpoint: &str, prefix: &str) -> bool {
     let c = curl(endpoint, &format!("/{BUCKET}?list-type=2&max-keys=1&prefix={prefix}"));

@@ -1,7 +1,8 @@
 //! `berth-bench --s3`: berth-registry and Distribution v3 (its s3 driver, blobs
 //! served by the registry, not redirected) on one MinIO, each on its own prefix of
-//! the bucket, measured interleaved with the workloads of the file-system run;
-//! MinIO's own PUT and GET of the large blob (by curl) as the ceiling. Then each
+//! the bucket, measured interleaved with the workloads of the file-system run.
+//! MinIO alone is the ceiling: its own PUT and GET of the large blob (by curl),
+//! and anonymous GETs of a small object under the manifest load. Then each
 //! operation once more under MinIO's trace: how many S3 requests it takes.
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ fn short(kind: Kind) -> &'static str {
 pub async fn run(args: &Args, bins: &Binaries, s: &mut Samples, mono: &Blob, chunked: &Blob) -> String {
     let bin = args.minio.as_ref().expect("--s3 needs --minio (or BERTH_MINIO)");
     let minio = Server::start_minio(bin).await;
+    minio::public_read(&minio.base, "direct");
     for round in 0..args.rounds {
         for kind in REGISTRIES {
             eprintln!("round {round}: {} on MinIO", kind.label());
@@ -35,7 +37,7 @@ pub async fn run(args: &Args, bins: &Binaries, s: &mut Samples, mono: &Blob, chu
             minio::delete_prefix(&minio.base, &prefix);
         }
         eprintln!("round {round}: MinIO direct");
-        direct(s, &minio, mono);
+        direct(s, &minio, mono, args.load_secs).await;
     }
     profile(args, bins, &minio, mono, chunked).await
 }
@@ -44,7 +46,7 @@ pub async fn run(args: &Args, bins: &Binaries, s: &mut Samples, mono: &Blob, chu
 /// `storage.s3` would serve from its directory).
 async fn start(kind: Kind, bins: &Binaries, minio: &Server, prefix: &str) -> Server {
     let server = Server::start_on_s3(kind, bins, &S3 { minio, prefix }).await;
-    push_image(&Client::new(), &server.base, "bench/probe").await;
+    small_blobs(&server.base, "bench/probe", 1, 1, 1 << 20).await;
     assert!(
         minio::has_objects(&minio.base, prefix),
         "{} stored nothing under {prefix} in the bucket; its stderr: {}",
@@ -54,8 +56,9 @@ async fn start(kind: Kind, bins: &Binaries, minio: &Server, prefix: &str) -> Ser
     server
 }
 
-/// MinIO's own single PUT and GET of the large blob, by curl from a file.
-fn direct(s: &mut Samples, minio: &Server, blob: &Blob) {
+/// MinIO's own single PUT and GET of the large blob, by curl from a file, and
+/// the manifest load on a 512-byte object.
+async fn direct(s: &mut Samples, minio: &Server, blob: &Blob, load_secs: u64) {
     use std::io::Write;
     let file = minio.dir.path().join("blob");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
@@ -66,17 +69,23 @@ fn direct(s: &mut Samples, minio: &Server, blob: &Blob) {
     }
     f.into_inner().unwrap().sync_all().unwrap();
     settle();
-    let key = format!("/{}/direct/blob", minio::BUCKET);
-    let time = |args: &[&str]| {
+    let time = |key: &str, args: &[&str]| {
         let t = Instant::now();
-        let status = minio::curl(&minio.base, &key).args(["-f", "-o", "/dev/null"]).args(args).status().unwrap();
+        let path = format!("/{}/direct/{key}", minio::BUCKET);
+        let status = minio::curl(&minio.base, &path).args(["-f", "-o", "/dev/null"]).args(args).status().unwrap();
         assert!(status.success(), "curl {args:?}");
         t.elapsed()
     };
-    let put = time(&["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "-T", file.to_str().unwrap()]);
+    let put = time("blob", &["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "-T", file.to_str().unwrap()]);
     record(s, "large push, monolithic (MB/s)", Kind::Minio, mbps(blob.len(), put));
-    let get = time(&[]);
+    let get = time("blob", &[]);
     record(s, "large pull (MB/s)", Kind::Minio, mbps(blob.len(), get));
+    std::fs::write(&file, [b' '; 512]).unwrap();
+    time("manifest", &["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "-T", file.to_str().unwrap()]);
+    let path = format!("/{}/direct/manifest", minio::BUCKET);
+    let get = load(&minio.base, &path, "GET", 32, load_secs, None).await;
+    record(s, "manifest GET by tag, 32 conns (req/s)", Kind::Minio, get.rps);
+    record(s, "manifest GET p99 (ms)", Kind::Minio, get.p99_ms);
     std::fs::remove_file(&file).unwrap();
     minio::delete_prefix(&minio.base, "direct");
 }
