@@ -90,12 +90,35 @@ async fn direct(s: &mut Samples, minio: &Server, blob: &Blob, load_secs: u64) {
     minio::delete_prefix(&minio.base, "direct");
 }
 
-/// One operation's S3 requests: `calls` over `times` repetitions in `wall`.
+/// One operation's S3 requests: `calls` over `times` repetitions in `wall`,
+/// and the CPU time the registry and MinIO spent meanwhile.
 struct Row {
     op: String,
     times: usize,
     wall: Duration,
     calls: Vec<Call>,
+    cpu: (Duration, Duration),
+}
+
+/// An operation under way: when it started, and the CPU times then.
+struct Op<'a> {
+    server: &'a Server,
+    minio: &'a Server,
+    wall: Instant,
+    cpu: (Duration, Duration),
+}
+
+impl<'a> Op<'a> {
+    fn begin(server: &'a Server, minio: &'a Server) -> Self {
+        Op { server, minio, wall: Instant::now(), cpu: (server.cpu_time(), minio.cpu_time()) }
+    }
+
+    /// The CPU times first: the trace's marker requests cost MinIO some.
+    fn end(self, op: String, times: usize, trace: &mut Trace) -> Row {
+        let wall = self.wall.elapsed();
+        let cpu = (self.server.cpu_time() - self.cpu.0, self.minio.cpu_time() - self.cpu.1);
+        Row { op, times, wall, calls: trace.take(), cpu }
+    }
 }
 
 impl Row {
@@ -108,7 +131,11 @@ impl Row {
         }
         let per = |n: usize| {
             let v = n as f64 / self.times as f64;
-            if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.2}") }
+            match v {
+                _ if v.fract() == 0.0 => format!("{v:.0}"),
+                _ if v < 0.1 => format!("{v:.3}"),
+                _ => format!("{v:.2}"),
+            }
         };
         let mut parts: Vec<(usize, String)> = by_api.into_iter().map(|(a, n)| (n, a)).collect();
         parts.sort_by(|a, b| b.cmp(a));
@@ -116,40 +143,41 @@ impl Row {
         format!("**{}** ({})", per(self.calls.len()), detail.join(", "))
     }
 
+    /// Milliseconds per operation: in S3 requests / in all; CPU of the registry / of MinIO.
     fn times_ms(&self) -> String {
         let s3: Duration = self.calls.iter().map(|c| c.duration).sum();
         let per = |d: Duration| d.as_secs_f64() * 1000.0 / self.times as f64;
-        format!("{:.1} / {:.1}", per(s3), per(self.wall))
+        format!("{:.1} / {:.1} | {:.1} / {:.1}", per(s3), per(self.wall), per(self.cpu.0), per(self.cpu.1))
     }
 }
 
 /// Each operation once (or `times` times, averaged) under MinIO's trace.
-async fn operations(server: &Server, trace: &mut Trace, mono: &Blob, chunked: &Blob) -> Vec<Row> {
+async fn operations(server: &Server, minio: &Server, trace: &mut Trace, mono: &Blob, chunked: &Blob) -> Vec<Row> {
     let (client, base) = (Client::new(), server.base.as_str());
     let mut rows = Vec::new();
-    let mut row = |op: String, times: usize, wall: Duration, trace: &mut Trace| {
-        rows.push(Row { op, times, wall, calls: trace.take() });
-    };
     trace.take();
     let mib = mono.len() >> 20;
-    let d = push_monolithic(&client, base, "bench/large", mono).await;
-    row(format!("{mib} MiB blob push, monolithic"), 1, d, trace);
-    let d = push_chunked(&client, base, "bench/large", chunked).await;
-    row(format!("{mib} MiB blob push, 16 MiB chunks"), 1, d, trace);
-    let (_, d) = pull(&client, &format!("{base}/v2/bench/large/blobs/{}", mono.digest)).await;
-    row(format!("{mib} MiB blob pull"), 1, d, trace);
-    let t = Instant::now();
-    small_blobs(base, "bench/small", 20, 1, 99).await;
-    row("4 KiB blob push (mean of 20)".into(), 20, t.elapsed(), trace);
-    let t = Instant::now();
+    let op = Op::begin(server, minio);
+    push_monolithic(&client, base, "bench/large", mono).await;
+    rows.push(op.end(format!("{mib} MiB blob push, monolithic"), 1, trace));
+    let op = Op::begin(server, minio);
+    push_chunked(&client, base, "bench/large", chunked).await;
+    rows.push(op.end(format!("{mib} MiB blob push, 16 MiB chunks"), 1, trace));
+    let op = Op::begin(server, minio);
+    pull(&client, &format!("{base}/v2/bench/large/blobs/{}", mono.digest)).await;
+    rows.push(op.end(format!("{mib} MiB blob pull"), 1, trace));
+    let op = Op::begin(server, minio);
+    small_blobs(base, "bench/small", 50, 1, 99).await;
+    rows.push(op.end("4 KiB blob push (mean of 50)".into(), 50, trace));
+    let op = Op::begin(server, minio);
     let path = push_image(&client, base, "bench/image").await;
-    row("image push: 2 small blobs + manifest".into(), 1, t.elapsed(), trace);
-    for (method, times, op) in [
+    rows.push(op.end("image push: 2 small blobs + manifest".into(), 1, trace));
+    for (method, times, name) in [
         ("GET", 1, "manifest GET by tag, first"),
-        ("GET", 100, "manifest GET by tag (mean of the next 100)"),
-        ("HEAD", 100, "manifest HEAD by tag (mean of 100)"),
+        ("GET", 500, "manifest GET by tag (mean of the next 500)"),
+        ("HEAD", 500, "manifest HEAD by tag (mean of 500)"),
     ] {
-        let t = Instant::now();
+        let op = Op::begin(server, minio);
         for _ in 0..times {
             let r = client
                 .request(method.parse().unwrap(), format!("{base}{path}"))
@@ -160,7 +188,7 @@ async fn operations(server: &Server, trace: &mut Trace, mono: &Blob, chunked: &B
             assert_eq!(r.status(), StatusCode::OK, "{method} manifest");
             r.bytes().await.unwrap();
         }
-        row(op.into(), times, t.elapsed(), trace);
+        rows.push(op.end(name.into(), times, trace));
     }
     rows
 }
@@ -172,14 +200,16 @@ async fn profile(args: &Args, bins: &Binaries, minio: &Server, mono: &Blob, chun
         eprintln!("S3 requests: {}", kind.label());
         let prefix = format!("{}-profile", short(kind));
         let server = start(kind, bins, minio, &prefix).await;
-        by_kind.push(operations(&server, &mut trace, mono, chunked).await);
+        by_kind.push(operations(&server, minio, &mut trace, mono, chunked).await);
         drop(server);
         minio::delete_prefix(&minio.base, &prefix);
     }
     let mut out = format!(
         "S3 requests per operation, by API, traced by MinIO (one client, nothing else running; large blob {} MiB). \
-         Times: sum of the S3 requests' durations / the operation's, ms.\n\n\
-         | operation | berth | berth S3 / total ms | distribution v3.1.1 | distribution S3 / total ms |\n|---|---|---|---|---|\n",
+         MinIO's CPU includes its tracing. \
+         Times per operation, ms: in S3 requests (their durations summed) / in all; CPU of the registry / of MinIO.\n\n\
+         | operation | berth | S3 / total | CPU berth / MinIO | distribution v3.1.1 | S3 / total | CPU distribution / MinIO |\n\
+         |---|---|---|---|---|---|---|\n",
         args.blob_mib
     );
     for (b, d) in by_kind[0].iter().zip(&by_kind[1]) {
