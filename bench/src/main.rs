@@ -111,7 +111,7 @@ async fn main() {
         for &kind in registries {
             eprintln!("round {round}: {}", kind.label());
             let server = Server::start(kind, &bins).await;
-            measure(&mut s, kind, &server, &args, round, &mono, &chunked).await;
+            measure(&mut s, kind, &server, &args, round, (&mono, &chunked), None).await;
             drop(server);
             if kind != Kind::DebianRegistry && !args.no_auth {
                 authenticated(&mut s, kind, &bins, &mono, args.load_secs).await;
@@ -157,8 +157,17 @@ async fn main() {
 }
 
 /// Every figure of one server in one round: large pushes and a pull, small
-/// pushes, manifest GET and HEAD load.
-async fn measure(s: &mut Samples, kind: Kind, server: &Server, args: &Args, round: usize, mono: &Blob, chunked: &Blob) {
+/// pushes, manifest GET and HEAD load; with the `minio` it stores in, the CPU
+/// time each spends per manifest GET.
+async fn measure(
+    s: &mut Samples,
+    kind: Kind,
+    server: &Server,
+    args: &Args,
+    round: usize,
+    (mono, chunked): (&Blob, &Blob),
+    minio: Option<&Server>,
+) {
     let client = reqwest::Client::new();
     let repo = "bench/large";
     settle();
@@ -174,9 +183,15 @@ async fn measure(s: &mut Samples, kind: Kind, server: &Server, args: &Args, roun
     let rate = small_blobs(&server.base, "bench/small", args.small_blobs, 8, round as u64).await;
     record(s, "4 KiB blob push, 8 clients (blobs/s)", kind, rate);
     let path = push_image(&client, &server.base, "bench/image").await;
+    let cpu = minio.map(|m| (server.cpu_time(), m.cpu_time()));
     let get = load(&server.base, &path, "GET", 32, args.load_secs, None).await;
     record(s, "manifest GET by tag, 32 conns (req/s)", kind, get.rps);
     record(s, "manifest GET p99 (ms)", kind, get.p99_ms);
+    if let (Some(minio), Some((registry_cpu, minio_cpu))) = (minio, cpu) {
+        let per_get = |d: std::time::Duration| d.as_secs_f64() * 1000.0 / (get.rps * args.load_secs as f64);
+        record(s, "manifest GET, CPU per request: registry (ms)", kind, per_get(server.cpu_time() - registry_cpu));
+        record(s, "manifest GET, CPU per request: MinIO (ms)", kind, per_get(minio.cpu_time() - minio_cpu));
+    }
     let head = load(&server.base, &path, "HEAD", 32, args.load_secs, None).await;
     record(s, "manifest HEAD by tag, 32 conns (req/s)", kind, head.rps);
     record(s, "manifest HEAD p99 (ms)", kind, head.p99_ms);

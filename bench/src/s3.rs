@@ -31,7 +31,7 @@ pub async fn run(args: &Args, bins: &Binaries, s: &mut Samples, mono: &Blob, chu
             eprintln!("round {round}: {} on MinIO", kind.label());
             let prefix = format!("{}-r{round}", short(kind));
             let server = start(kind, bins, &minio, &prefix).await;
-            measure(s, kind, &server, args, round, mono, chunked).await;
+            measure(s, kind, &server, args, round, (mono, chunked), Some(&minio)).await;
             record(s, "peak RSS (MiB)", kind, server.peak_rss_kib() as f64 / 1024.0);
             drop(server);
             minio::delete_prefix(&minio.base, &prefix);
@@ -83,9 +83,12 @@ async fn direct(s: &mut Samples, minio: &Server, blob: &Blob, load_secs: u64) {
     std::fs::write(&file, [b' '; 512]).unwrap();
     time("manifest", &["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "-T", file.to_str().unwrap()]);
     let path = format!("/{}/direct/manifest", minio::BUCKET);
+    let cpu = minio.cpu_time();
     let get = load(&minio.base, &path, "GET", 32, load_secs, None).await;
     record(s, "manifest GET by tag, 32 conns (req/s)", Kind::Minio, get.rps);
     record(s, "manifest GET p99 (ms)", Kind::Minio, get.p99_ms);
+    let per_get = (minio.cpu_time() - cpu).as_secs_f64() * 1000.0 / (get.rps * load_secs as f64);
+    record(s, "manifest GET, CPU per request: MinIO (ms)", Kind::Minio, per_get);
     std::fs::remove_file(&file).unwrap();
     minio::delete_prefix(&minio.base, "direct");
 }
