@@ -83,19 +83,6 @@ async fn blobs_larger_than_a_part_round_trip() {
     assert_eq!((checked, bad), (2, Vec::<String>::new()));
 }
 
-/// Reads of 32 MiB and more fetch 8 MiB segments two at a time: whole and
-/// ranged reads starting and ending off the segment boundaries are byte-exact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_reads_fetch_segments_in_order() {
-    let (r, _) = on_s3(|_| {}).await;
-    let data = content(9, (37 << 20) + 5);
-    let d = r.push_blob("big/segments", &data).await;
-    let whole = r.get(&format!("/v2/big/segments/blobs/{d}")).await.bytes().await.unwrap();
-    assert!(whole == data.as_slice(), "the whole blob, in order");
-    let (from, to) = (3, (33 << 20) + 7);
-    assert!(get_range(&r, "big/segments", &d, from, to).await == data[from..=to], "a ranged read");
-}
-
 /// With `redirect`, a blob GET answers 307 with a presigned URL of the bucket
 /// that serves the bytes (ranges too); HEAD and manifests are answered directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

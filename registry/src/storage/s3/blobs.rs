@@ -213,7 +213,7 @@ impl Blobs for S3Storage {
             let Some((data, _)) = self.content(digest).await? else {
                 return Err(Error::BlobUnknown);
             };
-            if let Some(stream) = self.read_content(&self.key(&data), range.clone()).await? {
+            if let Some(stream) = self.objects.read(&self.key(&data), range.clone()).await? {
                 return Ok(stream);
             }
             // The cached pointer named content that is gone: read the pointer again.

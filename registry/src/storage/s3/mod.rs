@@ -31,7 +31,6 @@ mod credentials;
 mod manifests;
 mod objects;
 mod parts;
-mod reads;
 mod tags;
 mod uploads;
 mod verify;
@@ -57,8 +56,6 @@ pub struct S3Storage {
     part_size: usize,
     /// Memory for parts, in MiB (see `parts.rs`).
     buffers: Arc<tokio::sync::Semaphore>,
-    /// Large reads that may fetch ranges in parallel (see `reads.rs`).
-    parallel_reads: Arc<tokio::sync::Semaphore>,
     redirect: bool,
     /// Pointers never change while they exist: digest → (data key, size).
     pointers: quick_cache::sync::Cache<Digest, (String, u64)>,
@@ -121,7 +118,6 @@ impl S3Storage {
             objects: Arc::new(Objects::new(store, config.prefix.trim_end_matches('/'))),
             part_size: config.part_size_bytes as usize,
             buffers: Arc::new(tokio::sync::Semaphore::new(parts::mib(config.buffer_bytes as usize))),
-            parallel_reads: Arc::new(tokio::sync::Semaphore::new(reads::parallel_reads(config.buffer_bytes))),
             redirect: config.redirect,
             pointers: quick_cache::sync::Cache::new(100_000),
             indexed: quick_cache::sync::Cache::new(100_000),

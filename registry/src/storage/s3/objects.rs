@@ -162,11 +162,6 @@ impl Objects {
         }
     }
 
-    /// `range` of an object, whole in memory (`range` is small).
-    pub async fn read_bytes(&self, key: &Path, range: Range<u64>) -> Result<Bytes> {
-        self.store.get_range(key, range).await.map_err(remote)
-    }
-
     pub async fn start_multipart(&self, key: &Path) -> Result<String> {
         self.store.create_multipart(key).await.map_err(remote)
     }
