@@ -578,23 +578,6 @@ fn crane() -> PathBuf {
     crane
 }
 
-/// The pinned MinIO: `$BERTH_MINIO`, else the cached build `tests/run` makes.
-fn minio() -> PathBuf {
-    let minio = std::env::var_os("BERTH_MINIO").map(PathBuf::from).unwrap_or_else(|| {
-        let gobin = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/berth/gobin");
-        std::fs::read_dir(&gobin)
-            .ok()
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path().join("minio"))
-            .find(|p| p.is_file())
-            .unwrap_or_default()
-    });
-    assert!(minio.is_file(), "needs MinIO (tests/run provides it, or set BERTH_MINIO)");
-    minio
-}
-
 /// A registry pod played by hand, and what it left behind.
 struct PlayedPod {
     /// The script's output: stdout is what the pulled layer held.
@@ -607,6 +590,19 @@ struct PlayedPod {
     user: u32,
     /// The test's directory, removed on drop.
     work: tempfile::TempDir,
+}
+
+impl PlayedPod {
+    /// The script pushed, pulled and ran the layer through the rendered registry.
+    fn assert_pulled_and_ran(&self) {
+        assert!(
+            self.out.status.success(),
+            "pod run failed: {}\nregistry log:\n{}",
+            String::from_utf8_lossy(&self.out.stderr),
+            self.log
+        );
+        assert_eq!(String::from_utf8_lossy(&self.out.stdout), "hello from a pod");
+    }
 }
 
 /// Plays the kubelet for the registry pod of Deployment `name`: each volume of
@@ -725,13 +721,7 @@ fn the_rendered_pod_runs_the_registry() {
     // registry can reach from here and a token.
     cp.apply(&registry("play", "{auth: {anonymous: all, kubernetes: {enabled: false}}}"));
     let played = play_registry_pod(&cp, "play", "");
-    assert!(
-        played.out.status.success(),
-        "pod run failed: {}\nregistry log:\n{}",
-        String::from_utf8_lossy(&played.out.stderr),
-        played.log
-    );
-    assert_eq!(String::from_utf8_lossy(&played.out.stdout), "hello from a pod");
+    played.assert_pulled_and_ran();
     // The image landed on the volume, written by the unprivileged user.
     let blobs = played.volumes["data"].join("blobs/sha256");
     assert!(blobs.exists(), "no blobs on the volume");
@@ -764,16 +754,10 @@ MINIO_ROOT_USER={user} MINIO_ROOT_PASSWORD={password} MINIO_BROWSER=off '{minio}
 for i in $(seq 1 300); do curl -fs http://127.0.0.1:9000/minio/health/cluster >/dev/null && break; sleep 0.1; done
 curl -fsS --aws-sigv4 aws:amz:us-east-1:s3 -u {user}:{password} -X PUT http://127.0.0.1:9000/images
 "#,
-        minio = minio().display(),
+        minio = berth_testcontrolplane::minio_binary().display(),
     );
     let played = play_registry_pod(&cp, "play-s3", &before);
-    assert!(
-        played.out.status.success(),
-        "pod run failed: {}\nregistry log:\n{}",
-        String::from_utf8_lossy(&played.out.stderr),
-        played.log
-    );
-    assert_eq!(String::from_utf8_lossy(&played.out.stdout), "hello from a pod");
+    played.assert_pulled_and_ran();
     let names: Vec<&str> = played.volumes.keys().map(String::as_str).collect();
     assert!(!names.contains(&"data"), "an S3 pod has no data volume: {names:?}");
     let credentials = &played.volumes["s3-credentials"];

@@ -67,13 +67,20 @@ start_registry() {
   "$(registry_bin)" "${args[@]}" >"$root.log" 2>&1 &
   REGISTRY_PID=$!
   REGISTRY="127.0.0.1:$port"
-  for _ in $(seq 1 100); do
-    if curl -fsS "http://$REGISTRY/healthz" >/dev/null 2>&1; then return 0; fi
-    kill -0 "$REGISTRY_PID" 2>/dev/null || break
+  wait_up "http://$REGISTRY/healthz" "$REGISTRY_PID" "$root.log" berth-registry 100
+}
+
+# wait_up URL PID LOG NAME TRIES: waits (0.1 s per try) until URL answers, while PID
+# lives; otherwise prints LOG and fails.
+wait_up() {
+  local url=$1 pid=$2 log=$3 name=$4 tries=$5
+  for _ in $(seq 1 "$tries"); do
+    if curl -fsS "$url" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  echo "berth-registry did not start; log:" >&2
-  cat "$root.log" >&2
+  echo "$name did not start; log:" >&2
+  cat "$log" >&2
   return 1
 }
 
@@ -113,18 +120,9 @@ start_minio() {
     --console-address "127.0.0.1:$console" --quiet >"$dir/minio.log" 2>&1 &
   MINIO_PID=$!
   MINIO_ENDPOINT="http://127.0.0.1:$port"
-  for _ in $(seq 1 200); do
-    if curl -fsS "$MINIO_ENDPOINT/minio/health/cluster" >/dev/null 2>&1; then
-      curl -fsS --aws-sigv4 "aws:amz:us-east-1:s3" -u "$MINIO_USER:$MINIO_PASSWORD" \
-        -X PUT "$MINIO_ENDPOINT/berth" >/dev/null
-      return 0
-    fi
-    kill -0 "$MINIO_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "MinIO did not start; log:" >&2
-  cat "$dir/minio.log" >&2
-  return 1
+  wait_up "$MINIO_ENDPOINT/minio/health/cluster" "$MINIO_PID" "$dir/minio.log" MinIO 200 &&
+    curl -fsS --aws-sigv4 "aws:amz:us-east-1:s3" -u "$MINIO_USER:$MINIO_PASSWORD" \
+      -X PUT "$MINIO_ENDPOINT/berth" >/dev/null
 }
 
 stop_minio() {

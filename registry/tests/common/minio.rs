@@ -2,8 +2,7 @@
 //! first use on a free loopback port, with one bucket. Each test takes its own key
 //! prefix, so tests running at once never see each other's objects.
 //!
-//! The binary is `$BERTH_MINIO` (`tests/run` sets it from the pinned build), or
-//! the pinned build in `~/.cache/berth/gobin`.
+//! The binary is the pinned build (`berth_testcontrolplane::minio_binary`).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -50,21 +49,6 @@ fn uuid_like() -> String {
     format!("{}-{nanos:x}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-fn binary() -> PathBuf {
-    if let Ok(path) = std::env::var("BERTH_MINIO") {
-        return path.into();
-    }
-    let gobin = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/berth/gobin");
-    std::fs::read_dir(&gobin)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("minio"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("no MinIO: run tests/run, or set BERTH_MINIO to a minio binary"))
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -82,7 +66,7 @@ fn start() -> Minio {
     let data = dir.join("data");
     std::thread::spawn(move || {
         use std::os::unix::process::CommandExt;
-        let mut command = Command::new(binary());
+        let mut command = Command::new(berth_testcontrolplane::minio_binary());
         command
             .args(["server", data.to_str().unwrap(), "--quiet"])
             .args(["--address", &format!("127.0.0.1:{port}"), "--console-address", &format!("127.0.0.1:{console}")])

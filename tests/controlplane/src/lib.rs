@@ -166,3 +166,21 @@ pub fn process_running(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     !stat.is_empty() && !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
 }
+
+/// The pinned MinIO the object-storage tests run: `$BERTH_MINIO` (which
+/// `tests/run` sets), else the cached build of `tests/lib/common.sh`.
+pub fn minio_binary() -> PathBuf {
+    let minio = std::env::var_os("BERTH_MINIO").map(PathBuf::from).unwrap_or_else(|| {
+        let gobin = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/berth/gobin");
+        std::fs::read_dir(&gobin)
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("minio"))
+            .find(|p| p.is_file())
+            .unwrap_or_default()
+    });
+    assert!(minio.is_file(), "needs MinIO: run tests/run, or set BERTH_MINIO to a minio binary");
+    minio
+}
