@@ -150,6 +150,12 @@ impl S3Storage {
         cutoff: SystemTime,
         started: Instant,
     ) -> Result<(u64, Vec<crate::digest::Digest>)> {
+        // Past the budget the marker may have run out and writers no longer
+        // wait for this pass: it deletes nothing then (the collection skips its sweep).
+        let outlived = || Error::Busy("a repository pass outlived its marker; it deleted nothing");
+        if started.elapsed() > STEP_BUDGET {
+            return Err(outlived());
+        }
         let pointed: HashMap<&str, &Digest> = snapshot.tags.iter().map(|t| (t.name.as_str(), &t.digest)).collect();
         for tag in &plan.tags {
             if let Some(digest) = pointed.get(tag.as_str()) {
@@ -157,6 +163,9 @@ impl S3Storage {
             }
         }
         for digest in &plan.manifests {
+            if started.elapsed() > STEP_BUDGET {
+                return Err(outlived());
+            }
             self.remove_manifest(repo, digest).await?;
         }
         let (mut removed, mut left) = (0, Vec::new());
