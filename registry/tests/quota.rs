@@ -12,11 +12,23 @@ use common::*;
 use reqwest::{Method, StatusCode};
 
 async fn limited(repository_bytes: u64, total_bytes: u64) -> Registry {
-    Registry::with(|c| {
+    counted(|c| {
         c.quota.repository_bytes = repository_bytes;
         c.quota.total_bytes = total_bytes;
     })
     .await
+}
+
+/// A registry whose start-up count of the storage is done: the figures it sets
+/// would otherwise replace those of pushes the test made while it ran.
+async fn counted(adjust: impl FnOnce(&mut berth_registry::Config)) -> Registry {
+    let reg = Registry::with(adjust).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !reg.root.join("gc/report.json").exists() {
+        assert!(std::time::Instant::now() < deadline, "the start-up count saved no report");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    reg
 }
 
 /// Asserts that nothing stays in the storage's `tmp/`.
@@ -199,7 +211,7 @@ async fn a_mount_past_the_repository_limit_is_refused() {
 
 #[tokio::test]
 async fn an_override_sets_another_limit_for_matching_repositories() {
-    let reg = Registry::with(|c| {
+    let reg = counted(|c| {
         c.quota.repository_bytes = 1000;
         c.quota.overrides = vec![QuotaOverride { repositories: vec!["big/*".into()], bytes: 5000 }];
     })
