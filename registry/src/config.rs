@@ -9,12 +9,14 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod lifecycle;
+mod observe;
 mod storage;
 pub use auth::{AccessRule, Action, Anonymous, AuthConfig, HtpasswdConfig, KubernetesAuthConfig, TlsConfig};
 pub use lifecycle::{
     CollectorConfig, CollectorKubernetes, QuotaConfig, QuotaOverride, RetentionConfig, RetentionRule, Span,
     TagRetention, repository_matches, tag_matches,
 };
+pub use observe::{HealthConfig, MetricsConfig};
 pub use storage::{MIN_PART, S3Config, StorageConfig};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -42,6 +44,10 @@ pub struct Config {
     /// Byte limits for the whole registry and per repository.
     pub quota: QuotaConfig,
     pub log: LogConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+    /// The storage probe behind readiness.
+    pub health: HealthConfig,
 }
 
 impl Default for Config {
@@ -60,6 +66,8 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             quota: QuotaConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -345,6 +353,8 @@ impl Config {
         self.auth.validate().map_err(ConfigError::Invalid)?;
         self.retention.validate().map_err(ConfigError::Invalid)?;
         self.storage.validate().map_err(ConfigError::Invalid)?;
+        self.metrics.validate().map_err(ConfigError::Invalid)?;
+        self.health.validate().map_err(ConfigError::Invalid)?;
         if self.limits.manifest_buffer_bytes < self.manifests.validation.max_size {
             return Err(ConfigError::Invalid(
                 "limits.manifestBufferBytes must hold at least one manifest of manifests.validation.maxSize".into(),
@@ -425,5 +435,9 @@ mod tests {
         assert!(Config::from_yaml("listn: x").is_err());
         assert!(Config::from_yaml("manifests: {validation: {urls: {allow: ['(']}}}").is_err());
         assert!(Config::from_yaml("manifests: {validation: {maxSize: 0}}").is_err());
+        assert!(Config::from_yaml("metrics: {path: /v2/metrics}").is_err(), "would hide an API path");
+        assert!(Config::from_yaml("metrics: {path: metrics}").is_err());
+        assert!(Config::from_yaml("metrics: {path: /stats, listen: '0.0.0.0:9464'}").is_ok());
+        assert!(Config::from_yaml("health: {probeIntervalSecs: 0}").is_err());
     }
 }

@@ -81,3 +81,23 @@ pub struct Collection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// The key of the report ConfigMap holding a [`StorageHealth`] as JSON. The
+/// registry merge-patches it whenever its storage probe changes its answer.
+pub const HEALTH_KEY: &str = "health.json";
+
+/// What the registry's storage probe last found (the answer behind `/readyz`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageHealth {
+    /// A probe object could be written, read back and deleted.
+    pub writable: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// RFC 3339 time the probe first gave this answer.
+    pub since: String,
+    /// The pod (host name) that probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
