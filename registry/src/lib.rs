@@ -28,9 +28,13 @@ pub mod names;
 #[cfg(feature = "server")]
 pub mod net;
 #[cfg(feature = "server")]
+pub mod observe;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod storage;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 #[cfg(feature = "server")]
 pub mod tls;
 

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use berth_registry::config::{Config, LogFormat, TlsConfig};
+use berth_registry::telemetry::{self, Telemetry};
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "berth-registry", version, about = "An OCI distribution-spec v1.1 registry")]
@@ -91,13 +91,12 @@ fn load(args: &Args) -> Result<Config, String> {
     Ok(config)
 }
 
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+/// Logs, and OTLP traces when the `OTEL_*` environment asks for them.
+fn init_telemetry(config: &Config) -> Result<Telemetry, std::process::ExitCode> {
+    telemetry::init("berth-registry", &config.log.level, config.log.format).map_err(|e| {
+        eprintln!("berth-registry: {e}");
+        std::process::ExitCode::from(2)
+    })
 }
 
 async fn shutdown_signal() {
@@ -120,7 +119,11 @@ async fn shutdown_signal() {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if let Some(Mode::Forward { listen, upstream, idle_timeout_secs }) = &args.command {
-        init_logging(&Config::default());
+        let telemetry = match init_telemetry(&Config::default()) {
+            Ok(t) => t,
+            Err(code) => return code,
+        };
+        let _keep = telemetry;
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -157,7 +160,17 @@ async fn main() -> std::process::ExitCode {
         print!("{}", config.to_yaml());
         return std::process::ExitCode::SUCCESS;
     }
-    init_logging(&config);
+    let telemetry = match init_telemetry(&config) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let code = run(args, config).await;
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await.ok();
+    code
+}
+
+/// Collects once, or serves until a signal.
+async fn run(args: Args, config: Config) -> std::process::ExitCode {
     if let Some(Mode::Collect { dry_run }) = args.command {
         return match berth_registry::gc::collect_once(&config, dry_run).await {
             Ok(Some(report)) => {

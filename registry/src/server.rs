@@ -12,22 +12,28 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tracing::Instrument;
 
-use crate::api::{App, router};
+use crate::api::{App, router, side_router};
 use crate::config::{Config, LimitsConfig};
 use crate::gc::Collector;
+use crate::gc::exchange::Exchange;
 use crate::gc::schedule::{Hooks, Scheduler};
 use crate::net::{self, Activity, Tracked};
-use crate::storage::{FsStorage, Quota, S3Storage, Storage, UsageBook};
+use crate::observe::{Health, Metrics, Observer, Prober};
+use crate::storage::{FsStorage, Observed, Quota, S3Storage, Storage, UsageBook};
 use crate::tls;
 
 /// How long requests in flight may take to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(30);
+/// Connections the metrics listener holds at once (scrapers and probes).
+const SIDE_CONNECTIONS: usize = 64;
 
 /// What an operator should hear about at start: a registry that strangers can
 /// write to, or credentials sent without encryption. Loopback addresses are
@@ -89,24 +95,56 @@ pub async fn open_storage(config: &Config) -> Result<Stores, String> {
     Ok(Stores { backend, usage, storage })
 }
 
-/// Opens the storage and builds the HTTP application for `config`; starts the
-/// cleanup of what clients and crashes leave behind, and the garbage collector.
-pub async fn build(config: Config) -> Result<axum::Router, String> {
+/// The HTTP applications of a server.
+pub struct Built {
+    /// The API (with the probes, and the metrics when they share its listener).
+    pub api: axum::Router,
+    /// What `metrics.listen` serves, when set.
+    pub side: Option<axum::Router>,
+    /// Counts requests, when metrics are on.
+    pub observer: Arc<Observer>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Opens the storage and builds the HTTP applications for `config`; starts
+/// the cleanup of what clients and crashes leave behind, the garbage
+/// collector and the storage probe.
+pub async fn build(config: Config) -> Result<Built, String> {
     let Stores { backend, usage, storage } = open_storage(&config).await?;
+    let metrics = Arc::new(Metrics::new(config.storage.s3.is_none()));
+    let operations = config.metrics.enabled.then(|| metrics.storage_operations.clone());
+    let storage: Arc<dyn Storage> = Arc::new(Observed::new(storage, operations));
     let age = match config.uploads.purge_after_hours {
         0 => Duration::MAX,
         hours => Duration::from_secs(hours.saturating_mul(3600)),
     };
     tokio::spawn(purge(storage.clone(), age));
+    let exchange = config.gc.kubernetes.as_ref().map(|k| Arc::new(Exchange::new(k)));
     let collector = Arc::new(Collector::new(backend, config.gc.clone(), config.retention.clone()));
-    let requests = config.gc.kubernetes.as_ref().map(|k| {
-        let exchange: Arc<dyn crate::gc::schedule::Requests> = Arc::new(crate::gc::exchange::Exchange::new(k));
-        exchange
+    let requests = exchange.clone().map(|e| e as Arc<dyn crate::gc::schedule::Requests>);
+    let mut hooks = Hooks::from_book(usage.clone());
+    let counted = metrics.clone();
+    hooks.collected = Box::new(move |c| match c {
+        Some(c) => counted.record_collection(c),
+        None => counted.record_failed_collection(),
     });
-    crate::gc::schedule::spawn_idle(Scheduler { collector, requests, hooks: Hooks::from_book(usage) })
+    crate::gc::schedule::spawn_idle(Scheduler { collector, requests, hooks })
         .map_err(|e| format!("starting the garbage collector: {e}"))?;
-    let app = App::new(config, storage)?;
-    Ok(router(app))
+    let health = Arc::new(Health::default());
+    let prober = Prober {
+        health: health.clone(),
+        storage: storage.clone(),
+        metrics: metrics.clone(),
+        book: usage,
+        exchange,
+        config: config.health.clone(),
+    };
+    tokio::spawn(prober.run());
+    let recorded = config.metrics.enabled.then(|| metrics.clone());
+    let observer = Arc::new(Observer::new(recorded, &config.metrics.path));
+    let side = config.metrics.listen.is_some();
+    let app = App::new(config, storage, metrics.clone(), health)?;
+    Ok(Built { api: router(app.clone()), side: side.then(|| side_router(app)), observer, metrics })
 }
 
 /// At start and hourly: abandoned upload sessions (untouched for `age`),
@@ -134,28 +172,31 @@ pub async fn serve(
     let max_connections = config.limits.max_connections;
     check_open_files(max_connections);
     let storage = config.storage.describe();
-    let shared = Shared::new(config).await?;
+    let side_listener = match &config.metrics.listen {
+        Some(addr) => {
+            let bound = TcpListener::bind(addr).await;
+            Some(bound.map_err(|e| format!("listening on {addr} (metrics.listen): {e}"))?)
+        }
+        None => None,
+    };
+    let (shared, side) = Shared::new(config).await?;
     let scheme = if shared.tls.is_some() { "https" } else { "http" };
     let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%listen, scheme, %storage, "berth-registry serving");
-    let connections = Arc::new(Semaphore::new(max_connections as usize));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = &mut shutdown => break,
-        };
-        let Some((stream, peer)) = net::accepted(accepted).await else {
-            continue;
-        };
-        let Ok(slot) = connections.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "connection limit reached; closing a new connection");
-            continue;
-        };
-        tokio::spawn(shared.clone().connection(stream, peer, graceful.watcher(), slot));
+    let side = side.zip(side_listener).map(|(side, listener)| {
+        let metrics = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%metrics, "serving metrics and probes");
+        tokio::spawn(side.accept_all(listener, SIDE_CONNECTIONS, Arc::new(GracefulShutdown::new())))
+    });
+    let graceful = Arc::new(GracefulShutdown::new());
+    tokio::select! {
+        _ = shared.clone().accept_all(listener, max_connections as usize, graceful.clone()) => {}
+        _ = shutdown => {}
     }
-    drop(listener);
+    let graceful = Arc::into_inner(graceful).expect("the accept loop has ended");
+    if let Some(side) = side {
+        side.abort();
+    }
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still running after {} s; stopping anyway", DRAIN.as_secs());
     }
@@ -174,6 +215,10 @@ fn check_open_files(max_connections: u32) {
 #[derive(Clone)]
 struct Shared {
     app: axum::Router,
+    /// Records each request (the API listener's, not the metrics listener's).
+    observer: Option<Arc<Observer>>,
+    /// Client connections open, for the metrics.
+    open: Option<Gauge>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
@@ -182,20 +227,42 @@ struct Shared {
 
 impl Shared {
     /// Loads the certificate (first, so a bad one fails before the storage
-    /// opens) and builds the application.
-    async fn new(config: Config) -> Result<Shared, String> {
+    /// opens) and builds the applications: the API's, and the metrics
+    /// listener's when it has one (plain HTTP, same timeouts).
+    async fn new(config: Config) -> Result<(Shared, Option<Shared>), String> {
         let tls = match &config.tls {
             Some(tls) => Some(tls::acceptor(tls).await.map_err(|e| e.to_string())?),
             None => None,
         };
         let limits = config.limits.clone();
-        Ok(Shared {
-            app: build(config).await?,
+        let built = build(config).await?;
+        let api = Shared {
+            app: built.api,
+            observer: Some(built.observer),
+            open: Some(built.metrics.connections.clone()),
             builder: Arc::new(connection_builder(&limits)),
             tls,
             handshake_timeout: Duration::from_secs(limits.header_timeout_secs),
             idle_timeout: Duration::from_secs(limits.idle_timeout_secs),
-        })
+        };
+        let side = built.side.map(|app| Shared { app, observer: None, open: None, tls: None, ..api.clone() });
+        Ok((api, side))
+    }
+
+    /// Accepts connections on `listener` (at most `max` open at once; past
+    /// that, new ones are closed) and serves each on a task of its own.
+    async fn accept_all(self, listener: TcpListener, max: usize, graceful: Arc<GracefulShutdown>) {
+        let slots = Arc::new(Semaphore::new(max));
+        loop {
+            let Some((stream, peer)) = net::accepted(listener.accept().await).await else {
+                continue;
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "connection limit reached; closing a new connection");
+                continue;
+            };
+            tokio::spawn(self.clone().connection(stream, peer, graceful.watcher(), slot));
+        }
     }
 
     /// Runs one accepted connection, holding its `slot` until it ends. The TLS
@@ -204,6 +271,7 @@ impl Shared {
     async fn connection(self, stream: TcpStream, peer: SocketAddr, watcher: Watcher, slot: OwnedSemaphorePermit) {
         let activity = Arc::new(Activity::new());
         let stream = tracked(stream, &activity);
+        let _open = self.open.clone().map(OpenConnection::new);
         match &self.tls {
             None => self.http(stream, peer, watcher, activity).await,
             Some(acceptor) => match handshake(acceptor, stream, self.handshake_timeout).await {
@@ -220,7 +288,7 @@ impl Shared {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = counted(self.app.clone(), activity.clone());
+        let service = counted(self.app.clone(), activity.clone(), self.observer.clone(), peer);
         let connection = self.builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let connection = watcher.watch(connection);
         tokio::select! {
@@ -243,11 +311,30 @@ where
     }
 }
 
+/// A connection counted in the metrics while it is open.
+struct OpenConnection(Gauge);
+
+impl OpenConnection {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The app as a hyper service that marks the connection as working while a
-/// request is being handled, so the idle timeout does not cut a long finish.
+/// request is being handled, so the idle timeout does not cut a long finish,
+/// and has `observer` record each request.
 fn counted(
     app: axum::Router,
     activity: Arc<Activity>,
+    observer: Option<Arc<Observer>>,
+    peer: SocketAddr,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = axum::response::Response,
@@ -257,8 +344,17 @@ fn counted(
     hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let working = activity.working();
         let mut app = app.clone();
+        let observer = observer.clone();
         async move {
-            let response = tower_service::Service::call(&mut app, request).await;
+            let response = match observer {
+                None => tower_service::Service::call(&mut app, request).await,
+                Some(observer) => {
+                    let (record, request) = observer.begin(request, peer);
+                    let span = record.span().clone();
+                    let response = tower_service::Service::call(&mut app, request).instrument(span).await;
+                    response.map(|r| record.respond(r))
+                }
+            };
             drop(working);
             response
         }

@@ -278,3 +278,30 @@ async fn guessing_passwords_does_not_stall_other_clients() {
     assert_eq!(refused, 200);
     assert!(elapsed < Duration::from_secs(2), "5 pushes and pulls took {elapsed:?} during the guessing");
 }
+
+#[tokio::test]
+async fn access_decisions_and_credential_cache_lookups_are_counted() {
+    let (r, _dir) = registry(Anonymous::None).await;
+    let decisions =
+        |s: &Scrape, decision: &str| s.sum("berth_registry_access_decisions_total", &[("decision", decision)]);
+    let before = Scrape::of(&r, "/metrics").await;
+    assert_eq!(decisions(&before, "allowed") + decisions(&before, "denied"), 0.0, "counted from zero");
+    // A stranger, a wrong password, a user past their rules, and two allowed pulls.
+    assert_eq!(manifest(&r, "/v2/team-a/app/manifests/v1").await.status(), StatusCode::UNAUTHORIZED);
+    let wrong = r.as_user("alice", "looking-glass");
+    assert_eq!(manifest(&wrong, "/v2/team-a/app/manifests/v1").await.status(), StatusCode::UNAUTHORIZED);
+    let bob = r.as_user("bob", "builder");
+    let put = bob.put_manifest("team-a/app", "v1", OCI_MANIFEST, b"{}").await;
+    assert_eq!(put.status(), StatusCode::FORBIDDEN);
+    let alice = r.as_user("alice", "wonderland");
+    for _ in 0..2 {
+        assert_eq!(manifest(&alice, "/v2/team-a/app/manifests/v1").await.status(), StatusCode::NOT_FOUND);
+    }
+    let after = Scrape::of(&r, "/metrics").await;
+    assert_eq!(decisions(&after, "unauthenticated"), 2.0);
+    assert_eq!(decisions(&after, "denied"), 1.0);
+    assert_eq!(decisions(&after, "allowed"), 2.0);
+    let hits = after.sum("berth_registry_auth_cache_total", &[("result", "hit")]);
+    assert_eq!(hits, 1.0, "alice's second pull is answered from the cache");
+    assert!(after.sum("berth_registry_auth_cache_total", &[("result", "miss")]) >= 3.0);
+}

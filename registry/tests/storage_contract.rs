@@ -8,7 +8,8 @@ mod contract;
 use std::sync::Arc;
 
 use berth_registry::config::QuotaConfig;
-use berth_registry::storage::{FsStorage, Quota, UsageBook};
+use berth_registry::observe::Metrics;
+use berth_registry::storage::{FsStorage, Observed, Quota, UsageBook};
 
 /// The filesystem backend on a fresh temporary directory, removed when the
 /// returned guard drops.
@@ -22,17 +23,20 @@ mod fs {
     storage_contract!(super::fs_backend());
 }
 
-/// The quota layer over the filesystem backend, with limits set (far above what
-/// the contract stores) so every check and stream cap runs: it must keep the
-/// contract of what it wraps.
-async fn quota_backend() -> (Quota<FsStorage>, tempfile::TempDir) {
+/// The layers the server puts over a backend: timing and spans over the
+/// quotas over the filesystem, with quota limits set (far above what the
+/// contract stores) so every check and stream cap runs. They must keep the
+/// contract of what they wrap.
+async fn layered_backend() -> (Observed<Quota<FsStorage>>, tempfile::TempDir) {
     let (fs, dir) = fs_backend().await;
     let config = QuotaConfig { total_bytes: 1 << 40, repository_bytes: 1 << 40, overrides: Vec::new() };
-    (Quota::new(Arc::new(fs), config, Arc::new(UsageBook::new())), dir)
+    let quota = Quota::new(Arc::new(fs), config, Arc::new(UsageBook::new()));
+    let operations = Metrics::new(true).storage_operations.clone();
+    (Observed::new(Arc::new(quota), Some(operations)), dir)
 }
 
-mod quota {
-    storage_contract!(super::quota_backend());
+mod layered {
+    storage_contract!(super::layered_backend());
 }
 
 /// The S3 backend on a real MinIO (started once per test binary), each check

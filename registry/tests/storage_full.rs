@@ -153,3 +153,51 @@ async fn a_full_disk_fails_the_push_cleanly_and_pushes_work_again_once_there_is_
     let (checked, bad) = verify_blob_files(&root);
     assert!(checked >= 3 && bad.is_empty(), "{checked} blobs checked: {bad:?}");
 }
+
+/// Polls `/readyz` until it answers `status`, and returns its body.
+async fn readiness(reg: &Registry, status: StatusCode) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        let r = reg.get("/readyz").await;
+        let got = r.status();
+        last = r.text().await.unwrap();
+        if got == status {
+            return last;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("/readyz never answered {status}; last: {last}");
+}
+
+fn remount(dir: &Path, mode: &str) {
+    let out = Command::new("mount").args(["-o", &format!("remount,{mode}")]).arg(dir).output().unwrap();
+    assert!(out.status.success(), "remount {mode}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn readiness_follows_a_read_only_and_a_full_volume_and_comes_back() {
+    let disk = Tmpfs::mount("4m");
+    let root = disk.path().join("root");
+    let reg = Registry::on_root(&root, |c| c.health.probe_interval_secs = 1).await;
+    readiness(&reg, StatusCode::OK).await;
+    let digest = reg.push_blob("ready", b"kept").await;
+    let healthy = |s: &Scrape| s.sum("berth_registry_storage_healthy", &[]);
+
+    remount(disk.path(), "ro");
+    let reason = readiness(&reg, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(reason.contains("cannot take writes") && reason.contains("ead-only"), "{reason}");
+    assert_eq!(reg.get("/healthz").await.status(), StatusCode::OK, "liveness stays: a restart would not help");
+    assert_eq!(healthy(&Scrape::of(&reg, "/metrics").await), 0.0);
+    let pulled = reg.get(&format!("/v2/ready/blobs/{digest}")).await;
+    assert_eq!(pulled.bytes().await.unwrap().as_ref(), b"kept", "pulls still work on the registry itself");
+    remount(disk.path(), "rw");
+    readiness(&reg, StatusCode::OK).await;
+    assert_eq!(healthy(&Scrape::of(&reg, "/metrics").await), 1.0);
+
+    let filler = fill(disk.path());
+    let reason = readiness(&reg, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(reason.contains("No space left"), "{reason}");
+    std::fs::remove_file(filler).unwrap();
+    readiness(&reg, StatusCode::OK).await;
+    assert_no_temporary_files(&root);
+}

@@ -4,9 +4,10 @@
 use axum::http::{HeaderMap, Method, header};
 
 use super::{App, Endpoint};
-use crate::auth::{Identity, Scope};
+use crate::auth::{AuthError, Identity, Scope};
 use crate::config::Action;
 use crate::error::{Error, Result};
+use crate::observe::metrics::{Decision, DecisionLabels};
 
 /// What `method` on `endpoint` asks for; `None` for methods no endpoint allows
 /// (they are refused as unsupported, which reveals nothing).
@@ -39,7 +40,18 @@ pub fn scope(endpoint: &Endpoint, method: &Method) -> Option<Scope> {
 /// Who the client is, if it may do `scope`; otherwise 401 or 403.
 pub async fn check(app: &App, headers: &HeaderMap, scope: &Scope) -> Result<Identity> {
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("\u{0}"));
-    app.auth.check(authorization, scope).await.map_err(|e| Error::from_auth(e, app.auth.realm()))
+    let checked = app.auth.check(authorization, scope).await;
+    let decision = match &checked {
+        Ok(_) => Some(Decision::allowed),
+        Err(AuthError::Unauthenticated(_)) => Some(Decision::unauthenticated),
+        Err(AuthError::Denied(_)) => Some(Decision::denied),
+        // The check could not be made: no decision.
+        Err(AuthError::Unavailable(_) | AuthError::Busy) => None,
+    };
+    if let Some(decision) = decision {
+        app.metrics.access.get_or_create(&DecisionLabels { decision }).inc();
+    }
+    checked.map_err(|e| Error::from_auth(e, app.auth.realm()))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{App, access};
@@ -23,8 +23,24 @@ pub async fn get(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     Json(serde_json::json!({})).into_response()
 }
 
-/// `GET /healthz`: for probes, which must not need credentials (`/v2/` answers
-/// 401 to anonymous clients once authentication is on).
+/// `GET /healthz`: liveness, for probes, which must not need credentials
+/// (`/v2/` answers 401 to anonymous clients once authentication is on). It
+/// touches nothing: a full disk is no reason to restart.
 pub async fn health() -> &'static str {
     "ok\n"
+}
+
+/// `GET /readyz`: 200 while the last storage probe could write, read and
+/// delete; 503 with the reason otherwise (and before the first probe).
+pub async fn ready(State(app): State<Arc<App>>) -> Response {
+    match app.health.ready() {
+        Ok(()) => "ok\n".into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response(),
+    }
+}
+
+/// The Prometheus text exposition of the registry's metrics.
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], app.metrics.encode()).into_response()
 }

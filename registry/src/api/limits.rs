@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::LimitsConfig;
@@ -16,29 +17,46 @@ use crate::error::{Error, Result};
 
 pub struct Limits {
     uploads: Arc<Semaphore>,
+    uploads_in_flight: Gauge,
     manifest_bytes: Arc<Semaphore>,
     pub body_idle: Duration,
 }
 
 impl Limits {
-    pub fn new(config: &LimitsConfig) -> Self {
+    /// `uploads_in_flight` follows the upload slots taken.
+    pub fn new(config: &LimitsConfig, uploads_in_flight: Gauge) -> Self {
         Limits {
             uploads: Arc::new(Semaphore::new(config.max_uploads as usize)),
+            uploads_in_flight,
             manifest_bytes: Arc::new(Semaphore::new(config.manifest_buffer_bytes.min(1 << 40) as usize)),
             body_idle: Duration::from_secs(config.body_idle_timeout_secs),
         }
     }
 
     /// A slot for one upload body, held until the request ends.
-    pub fn upload(&self) -> Result<OwnedSemaphorePermit> {
-        self.uploads.clone().try_acquire_owned().map_err(|_| {
+    pub fn upload(&self) -> Result<UploadSlot> {
+        let permit = self.uploads.clone().try_acquire_owned().map_err(|_| {
             Error::TooManyRequests("the registry is receiving too many uploads at once; retry shortly".into())
-        })
+        })?;
+        self.uploads_in_flight.inc();
+        Ok(UploadSlot { _permit: permit, gauge: self.uploads_in_flight.clone() })
     }
 
     /// A budget for one manifest body, grown as its bytes arrive.
     pub fn manifest_budget(&self) -> ManifestBudget {
         ManifestBudget { pool: self.manifest_bytes.clone(), held: None }
+    }
+}
+
+/// One upload body's slot, given back (and uncounted) when dropped.
+pub struct UploadSlot {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 

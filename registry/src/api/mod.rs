@@ -25,14 +25,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures_util::TryStreamExt;
 use percent_encoding::percent_decode_str;
-use tower_http::trace::TraceLayer;
 
-use crate::auth::{Auth, Identity};
+use crate::auth::{Auth, Identity, Lookups};
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::Policy;
 use crate::names::{RepoName, UploadId};
+use crate::observe::{Health, Metrics};
 use crate::storage::{ByteStream, Storage};
 
 /// Everything a request handler needs.
@@ -41,15 +41,22 @@ pub struct App {
     pub policy: Policy,
     pub storage: Arc<dyn Storage>,
     pub auth: Arc<Auth>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
     limits: limits::Limits,
 }
 
 impl App {
-    pub fn new(config: Config, storage: Arc<dyn Storage>) -> Result<Arc<Self>, String> {
+    pub fn new(
+        config: Config,
+        storage: Arc<dyn Storage>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<Arc<Self>, String> {
         let policy = Policy::new(&config.manifests)?;
-        let limits = limits::Limits::new(&config.limits);
-        let auth = Auth::new(&config.auth).map_err(|e| e.to_string())?;
-        Ok(Arc::new(App { config, policy, storage, auth, limits }))
+        let limits = limits::Limits::new(&config.limits, metrics.uploads_in_flight.clone());
+        let auth = Auth::new(&config.auth, Lookups::of(&metrics.auth_cache)).map_err(|e| e.to_string())?;
+        Ok(Arc::new(App { config, policy, storage, auth, metrics, health, limits }))
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -68,16 +75,32 @@ impl App {
     }
 }
 
+/// The API, with the probes, and the metrics unless they have a listener of
+/// their own ([`side_router`]).
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/v2", get(base::get))
         .route("/v2/", get(base::get))
         .route("/v2/{*rest}", any(dispatch))
         .route("/healthz", get(base::health))
+        .route("/readyz", get(base::ready));
+    let metrics = &app.config.metrics;
+    if metrics.enabled && metrics.listen.is_none() {
+        router = router.route(&metrics.path, get(base::metrics));
+    }
+    router
         .fallback(|| async { Error::NotFound })
         .layer(axum::middleware::map_response(api_version_header))
-        .layer(TraceLayer::new_for_http())
         .with_state(app)
+}
+
+/// What `metrics.listen` serves: the metrics and the probes, nothing of the API.
+pub fn side_router(app: Arc<App>) -> Router {
+    let mut router = Router::new().route("/healthz", get(base::health)).route("/readyz", get(base::ready));
+    if app.config.metrics.enabled {
+        router = router.route(&app.config.metrics.path, get(base::metrics));
+    }
+    router.fallback(|| async { Error::NotFound }).with_state(app)
 }
 
 async fn api_version_header(mut response: Response) -> Response {
@@ -95,6 +118,30 @@ enum Endpoint {
     UploadStart(RepoName),
     Upload(RepoName, UploadId),
     Referrers(RepoName, String),
+}
+
+impl Endpoint {
+    /// Puts the repository and the reference into the request's span (when
+    /// anything wants spans).
+    fn record_in_span(&self) {
+        let span = tracing::Span::current();
+        if span.is_disabled() {
+            return;
+        }
+        let (repo, reference) = match self {
+            Endpoint::Catalog => return,
+            Endpoint::Tags(r) | Endpoint::UploadStart(r) => (r, None),
+            Endpoint::Manifest(r, s) | Endpoint::Blob(r, s) | Endpoint::Referrers(r, s) => (r, Some(s.as_str())),
+            Endpoint::Upload(r, id) => {
+                span.record("reference", tracing::field::display(id));
+                (r, None)
+            }
+        };
+        span.record("repository", repo.as_str());
+        if let Some(reference) = reference {
+            span.record("reference", reference);
+        }
+    }
 }
 
 fn decode(segment: &str) -> Result<String> {
@@ -182,6 +229,7 @@ async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
 
 async fn route(app: &App, rest: &str, mut req: Req) -> Result<Response> {
     let endpoint = parse_path(rest)?;
+    endpoint.record_in_span();
     let method = req.method.clone();
     // An open registry checks nothing: no scope is built on its hot path.
     if !app.auth.is_off()

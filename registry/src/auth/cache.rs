@@ -4,7 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use sha2::{Digest, Sha256};
+
+use crate::observe::metrics::ResultLabels;
 
 /// Entries kept at most; an attacker spraying credentials only evicts others.
 const CAPACITY: usize = 10_000;
@@ -25,22 +29,41 @@ pub fn key(parts: &[&[u8]]) -> Key {
 pub struct TtlCache<V: Clone> {
     entries: quick_cache::sync::Cache<Key, (Instant, V)>,
     ttl: Duration,
+    counts: Lookups,
+}
+
+/// Counters of lookups that found a live entry and of those that did not.
+#[derive(Clone, Debug, Default)]
+pub struct Lookups {
+    pub hits: Counter,
+    pub misses: Counter,
+}
+
+impl Lookups {
+    /// Counters that add up under `result="hit"` and `result="miss"` of `family`.
+    pub fn of(family: &Family<ResultLabels, Counter>) -> Lookups {
+        let counter = |result| family.get_or_create(&ResultLabels { result }).clone();
+        Lookups { hits: counter("hit"), misses: counter("miss") }
+    }
 }
 
 impl<V: Clone> TtlCache<V> {
-    pub fn new(ttl: Duration) -> Self {
-        TtlCache { entries: quick_cache::sync::Cache::new(CAPACITY), ttl }
+    pub fn new(ttl: Duration, counts: Lookups) -> Self {
+        TtlCache { entries: quick_cache::sync::Cache::new(CAPACITY), ttl, counts }
     }
 
     pub fn get(&self, key: &Key) -> Option<V> {
-        match self.entries.get(key) {
+        let found = match self.entries.get(key) {
             Some((expires, value)) if Instant::now() < expires => Some(value),
             Some(_) => {
                 self.entries.remove(key);
                 None
             }
             None => None,
-        }
+        };
+        let counter = if found.is_some() { &self.counts.hits } else { &self.counts.misses };
+        counter.inc();
+        found
     }
 
     /// Remembers `value` for the cache's time to live, or for `valid_for` when
@@ -64,7 +87,7 @@ mod tests {
 
     #[test]
     fn entries_expire_and_never_outlive_their_validity() {
-        let cache = TtlCache::new(Duration::from_millis(200));
+        let cache = TtlCache::new(Duration::from_millis(200), Lookups::default());
         cache.insert(key(&[b"a"]), 1, None);
         cache.insert(key(&[b"b"]), 2, Some(Duration::from_millis(20)));
         assert_eq!(cache.get(&key(&[b"a"])), Some(1));
@@ -77,7 +100,7 @@ mod tests {
 
     #[test]
     fn zero_ttl_caches_nothing_and_keys_are_unambiguous() {
-        let cache = TtlCache::new(Duration::ZERO);
+        let cache = TtlCache::new(Duration::ZERO, Lookups::default());
         cache.insert(key(&[b"a"]), 1, None);
         assert_eq!(cache.get(&key(&[b"a"])), None);
         assert_ne!(key(&[b"ab", b"c"]), key(&[b"a", b"bc"]));

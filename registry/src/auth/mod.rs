@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use audit::{Event as AuditEvent, record};
+pub use cache::Lookups;
 pub use credentials::Credentials;
 pub use identity::Identity;
 pub use scope::Scope;
@@ -61,15 +62,16 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(config: &AuthConfig) -> Result<Arc<Auth>, AuthSetupError> {
+    /// `lookups` counts the hits and misses of its caches.
+    pub fn new(config: &AuthConfig, lookups: cache::Lookups) -> Result<Arc<Auth>, AuthSetupError> {
         let htpasswd = config.htpasswd.as_ref().map(|h| Htpasswd::load(&h.path)).transpose()?;
         let ttl = Duration::from_secs(config.cache_secs);
         let auth = Arc::new(Auth {
             config: config.clone(),
             htpasswd,
             kubernetes: config.kubernetes.as_ref().map(Kubernetes::new),
-            identities: TtlCache::new(ttl),
-            decisions: TtlCache::new(ttl),
+            identities: TtlCache::new(ttl, lookups.clone()),
+            decisions: TtlCache::new(ttl, lookups),
         });
         if auth.htpasswd.is_some() {
             tokio::spawn(reload(Arc::downgrade(&auth)));

@@ -15,10 +15,12 @@ use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::OnceCell;
 
 use crate::config::CollectorKubernetes;
-use crate::report::{COLLECT_KEY, PROTECTED_KEY, REPORT_KEY, Report};
+use crate::report::{COLLECT_KEY, HEALTH_KEY, PROTECTED_KEY, REPORT_KEY, Report, StorageHealth};
 
 /// The field manager of the report: the registry's, not the operator's.
 pub const FIELD_MANAGER: &str = "berth-registry";
+/// The health key's own manager, so applying one key never drops the other.
+pub const HEALTH_MANAGER: &str = "berth-registry-health";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
@@ -94,13 +96,24 @@ impl Exchange {
     /// key). The ConfigMap must exist: the operator creates it, and the
     /// registry's account may not.
     pub async fn publish(&self, report: &Report) -> Result<(), ExchangeError> {
+        self.apply_key(FIELD_MANAGER, REPORT_KEY, serde_json::to_string(report)?).await
+    }
+
+    /// Writes what the storage probe found into the report ConfigMap's
+    /// health key, for the operator's `StorageHealthy` condition.
+    pub async fn publish_health(&self, health: &StorageHealth) -> Result<(), ExchangeError> {
+        self.apply_key(HEALTH_MANAGER, HEALTH_KEY, serde_json::to_string(health)?).await
+    }
+
+    /// Server-side apply of one key of the report ConfigMap under `manager`.
+    async fn apply_key(&self, manager: &str, key: &str, value: String) -> Result<(), ExchangeError> {
         let doc = serde_json::json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": self.report, "namespace": self.namespace},
-            "data": {REPORT_KEY: serde_json::to_string(report)?},
+            "data": {key: value},
         });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let params = PatchParams::apply(manager).force();
         self.config_maps().await?.patch(&self.report, &params, &Patch::Apply(&doc)).await?;
         Ok(())
     }

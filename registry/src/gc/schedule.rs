@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use super::{Collector, Mode, ProtectedSet, Tally};
-use crate::report::{Report, Usage};
+use crate::report::{Collection, Report, Usage};
 
 /// How often requests are looked at (and a due collection noticed).
 const POLL: Duration = Duration::from_secs(5);
@@ -36,7 +36,12 @@ pub struct Hooks {
     pub on_tally: Box<dyn Fn(&Tally) + Send + Sync>,
     /// Usage as kept up to date between passes, if anyone keeps it.
     pub usage: Box<dyn Fn() -> Option<Usage> + Send + Sync>,
+    /// A collection finished (`Some`), or failed before it could report.
+    pub collected: Box<Collected>,
 }
+
+/// Told of each collection: `Some` when it finished, `None` when it failed.
+pub type Collected = dyn Fn(Option<&Collection>) + Send + Sync;
 
 impl Hooks {
     /// The quota book takes each pass's figures and answers for usage between them.
@@ -52,13 +57,14 @@ impl Hooks {
                 })
             }),
             usage: Box::new(move || reader.scanned().then(|| reader.usage())),
+            collected: Box::new(|_| {}),
         }
     }
 }
 
 impl Default for Hooks {
     fn default() -> Self {
-        Hooks { on_tally: Box::new(|_| {}), usage: Box::new(|| None) }
+        Hooks { on_tally: Box::new(|_| {}), usage: Box::new(|| None), collected: Box::new(|_| {}) }
     }
 }
 
@@ -117,6 +123,7 @@ impl Scheduler {
                     Mode::Count => previous.last_collection,
                     Mode::Collect { .. } => {
                         tracing::info!(target: "gc", report = ?collection, "collection finished");
+                        (self.hooks.collected)(Some(&collection));
                         Some(collection)
                     }
                 };
@@ -130,6 +137,9 @@ impl Scheduler {
             Ok(None) => false,
             Err(e) => {
                 tracing::warn!(target: "gc", error = %e, "collection failed");
+                if matches!(mode, Mode::Collect { .. }) {
+                    (self.hooks.collected)(None);
+                }
                 true
             }
         }

@@ -114,5 +114,64 @@ pub trait Lifecycle: Send + Sync + 'static {
     async fn volume(&self) -> Option<(u64, u64)>;
     /// The last report, as saved by [`Lifecycle::save_report`] (any process).
     async fn load_report(&self) -> Result<Option<Bytes>>;
+    /// Writes a small object, reads it back and deletes it: whether the
+    /// storage can take writes now (the readiness probe).
+    async fn probe(&self) -> Result<()>;
     async fn save_report(&self, json: Bytes) -> Result<()>;
 }
+
+/// `Lifecycle` for a layer (`$layer<S>` with a field `inner: Arc<S>`) that
+/// adds nothing to it: the collector works on the backend below the layers.
+macro_rules! delegate_lifecycle {
+    ($layer:ident) => {
+        #[async_trait::async_trait]
+        impl<S: $crate::storage::Storage + ?Sized> $crate::storage::Lifecycle for $layer<S> {
+            async fn collector_lock(
+                &self,
+            ) -> $crate::storage::Result<Option<$crate::storage::lifecycle::CollectorGuard>> {
+                self.inner.collector_lock().await
+            }
+            async fn collectable_repositories(&self) -> $crate::storage::Result<Vec<$crate::names::RepoName>> {
+                self.inner.collectable_repositories().await
+            }
+            async fn collect_repository(
+                &self,
+                repo: &$crate::names::RepoName,
+                planner: $crate::storage::lifecycle::Planner,
+                cutoff: std::time::SystemTime,
+                dry_run: bool,
+            ) -> $crate::storage::Result<$crate::storage::lifecycle::RepoOutcome> {
+                self.inner.collect_repository(repo, planner, cutoff, dry_run).await
+            }
+            async fn stored_blobs(&self) -> $crate::storage::Result<Vec<$crate::storage::lifecycle::StoredBlob>> {
+                self.inner.stored_blobs().await
+            }
+            async fn sweep_blobs(
+                &self,
+                candidates: Vec<$crate::digest::Digest>,
+                cutoff: std::time::SystemTime,
+            ) -> $crate::storage::Result<Vec<($crate::digest::Digest, u64)>> {
+                self.inner.sweep_blobs(candidates, cutoff).await
+            }
+            async fn clock(&self) -> $crate::storage::Result<std::time::SystemTime> {
+                self.inner.clock().await
+            }
+            fn record_pull(&self, repo: &$crate::names::RepoName, digest: &$crate::digest::Digest) {
+                self.inner.record_pull(repo, digest)
+            }
+            async fn volume(&self) -> Option<(u64, u64)> {
+                self.inner.volume().await
+            }
+            async fn load_report(&self) -> $crate::storage::Result<Option<bytes::Bytes>> {
+                self.inner.load_report().await
+            }
+            async fn probe(&self) -> $crate::storage::Result<()> {
+                self.inner.probe().await
+            }
+            async fn save_report(&self, json: bytes::Bytes) -> $crate::storage::Result<()> {
+                self.inner.save_report(json).await
+            }
+        }
+    };
+}
+pub(crate) use delegate_lifecycle;

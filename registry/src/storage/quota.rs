@@ -18,12 +18,11 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::capped::{capped, refusal};
-use super::lifecycle::{CollectorGuard, Lifecycle, Planner, RepoOutcome, StoredBlob};
 use super::usage::UsageBook;
 use super::{
     Blobs, ByteStream, Catalog, Chunk, Error, Exceeded, ManifestPut, Manifests, QuotaScope, Result, Storage,
@@ -309,44 +308,6 @@ impl<S: Storage + ?Sized> Catalog for Quota<S> {
     }
 }
 
-/// The collector works below the quotas: it only deletes, and hands its
-/// figures to the book itself.
-#[async_trait]
-impl<S: Storage + ?Sized> Lifecycle for Quota<S> {
-    async fn collector_lock(&self) -> Result<Option<CollectorGuard>> {
-        self.inner.collector_lock().await
-    }
-    async fn collectable_repositories(&self) -> Result<Vec<RepoName>> {
-        self.inner.collectable_repositories().await
-    }
-    async fn collect_repository(
-        &self,
-        repo: &RepoName,
-        planner: Planner,
-        cutoff: SystemTime,
-        dry_run: bool,
-    ) -> Result<RepoOutcome> {
-        self.inner.collect_repository(repo, planner, cutoff, dry_run).await
-    }
-    async fn stored_blobs(&self) -> Result<Vec<StoredBlob>> {
-        self.inner.stored_blobs().await
-    }
-    async fn sweep_blobs(&self, candidates: Vec<Digest>, cutoff: SystemTime) -> Result<Vec<(Digest, u64)>> {
-        self.inner.sweep_blobs(candidates, cutoff).await
-    }
-    async fn clock(&self) -> Result<SystemTime> {
-        self.inner.clock().await
-    }
-    fn record_pull(&self, repo: &RepoName, digest: &Digest) {
-        self.inner.record_pull(repo, digest)
-    }
-    async fn volume(&self) -> Option<(u64, u64)> {
-        self.inner.volume().await
-    }
-    async fn load_report(&self) -> Result<Option<bytes::Bytes>> {
-        self.inner.load_report().await
-    }
-    async fn save_report(&self, json: bytes::Bytes) -> Result<()> {
-        self.inner.save_report(json).await
-    }
-}
+// The collector works below the quotas: it only deletes, and hands its
+// figures to the book itself.
+super::lifecycle::delegate_lifecycle!(Quota);

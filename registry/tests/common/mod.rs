@@ -236,3 +236,39 @@ pub fn content(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// One scrape of `/metrics`: each sample line's series (name and labels, as
+/// printed) and value.
+pub struct Scrape(pub Vec<(String, f64)>);
+
+impl Scrape {
+    pub async fn of(reg: &Registry, path: &str) -> Scrape {
+        let r = reg.get(path).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        Scrape::parse(&r.text().await.unwrap())
+    }
+
+    pub fn parse(text: &str) -> Scrape {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("a sample line: {l}"));
+                (series.to_owned(), value.parse().unwrap_or_else(|_| panic!("a value: {l}")))
+            })
+            .collect();
+        Scrape(samples)
+    }
+
+    /// The sum of the samples named `name` that carry every label of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .iter()
+            .filter(|(series, _)| {
+                let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+                n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+}

@@ -66,7 +66,8 @@ macro_rules! storage_contract {
             gc_removes_only_links_still_old,
             gc_sweep_spares_content_refreshed_by_a_write,
             gc_one_collector_at_a_time,
-            gc_report_round_trips
+            gc_report_round_trips,
+            probe_leaves_nothing_behind
         );
     };
     (@checks $backend:expr; $($(#[$attr:meta])* $check:ident),* $(,)?) => {
@@ -1215,4 +1216,13 @@ pub async fn gc_report_round_trips<S: Storage + ?Sized>(s: &S) {
     assert_eq!(s.load_report().await.unwrap(), None);
     s.save_report(Bytes::from_static(b"{\"usage\":{}}")).await.unwrap();
     assert_eq!(s.load_report().await.unwrap().as_deref(), Some(&b"{\"usage\":{}}"[..]));
+}
+
+pub async fn probe_leaves_nothing_behind<S: Storage + ?Sized>(s: &S) {
+    for _ in 0..3 {
+        s.probe().await.expect("a healthy storage passes the probe");
+    }
+    assert!(s.repositories().await.unwrap().is_empty());
+    assert!(s.stored_blobs().await.unwrap().is_empty(), "the probe is no blob");
+    assert_eq!(s.purge(Duration::ZERO).await.unwrap(), 0, "and no upload session");
 }

@@ -274,6 +274,21 @@ impl Lifecycle for FsStorage {
         blocking(move || statvfs(&root)).await.ok()
     }
 
+    async fn probe(&self) -> Result<()> {
+        let (root, path) = (self.root().to_owned(), self.tmp_dir().join(format!("probe-{}", uuid::Uuid::new_v4())));
+        blocking(move || {
+            // Root may write into the blocks kept for it; pushes as anyone
+            // else could not, so an exhausted volume fails the probe even then.
+            if statvfs(&root)?.1 < PROBE.len() as u64 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let written = probe_file(&path);
+            let _ = std::fs::remove_file(&path);
+            written
+        })
+        .await
+    }
+
     async fn load_report(&self) -> Result<Option<Bytes>> {
         let path = self.root().join("gc/report.json");
         Ok(blocking(move || durable::read_optional(&path)).await?.map(Bytes::from))
@@ -284,6 +299,21 @@ impl Lifecycle for FsStorage {
         let (dir, path) = (self.root().join("gc"), self.root().join("gc/report.json"));
         blocking(move || durable::write_atomic(&dir, &path, &json)).await
     }
+}
+
+/// What the probe writes: a block's worth, so a full filesystem refuses it.
+const PROBE: &[u8; 4096] = &[0x5a; 4096];
+
+/// Writes `PROBE` to a new file at `path`, syncs it and reads it back.
+fn probe_file(path: &Path) -> io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create_new(path)?;
+    file.write_all(PROBE)?;
+    file.sync_all()?;
+    if std::fs::read(path)? != PROBE {
+        return Err(io::Error::other("the probe file read back differently"));
+    }
+    Ok(())
 }
 
 /// The size of the filesystem holding `path` and the bytes an unprivileged

@@ -414,6 +414,18 @@ impl Lifecycle for S3Storage {
         None
     }
 
+    async fn probe(&self) -> Result<()> {
+        let key = self.key(&format!("health/{}", uuid::Uuid::new_v4()));
+        let body = Bytes::from_static(b"probe");
+        self.objects.put(&key, body.clone()).await?;
+        let read = self.objects.get_optional(&key).await;
+        self.objects.delete(&key).await?;
+        match read? {
+            Some(r) if r.bytes == body => Ok(()),
+            _ => Err(Error::Remote("the probe object read back differently".into())),
+        }
+    }
+
     async fn load_report(&self) -> Result<Option<Bytes>> {
         Ok(self.objects.get_optional(&self.key("gc/report.json")).await?.map(|r| r.bytes))
     }

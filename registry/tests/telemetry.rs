@@ -1,0 +1,242 @@
+//! Traces and log lines, from the real binary (each process has one global
+//! subscriber): with an OTLP endpoint in the environment, spans for each
+//! request and storage operation reach a collector stand-in on loopback; with
+//! none, nothing is sent, not even to the default endpoint. Each request
+//! leaves one JSON log line with its method, route, status, bytes and time.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use prost::Message;
+
+/// An OTLP/HTTP receiver: keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Collector {
+    requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+}
+
+impl Collector {
+    async fn serve(&self, addr: &str) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("binding the collector stand-in");
+        let local = listener.local_addr().unwrap();
+        let requests = self.requests.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            post(move |body: Bytes| async move {
+                let decoded = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                requests.lock().unwrap().push(decoded);
+                ""
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        local
+    }
+
+    /// Every span received.
+    fn spans(&self) -> Vec<Received> {
+        let mut out = Vec::new();
+        for request in self.requests.lock().unwrap().iter() {
+            for resource in &request.resource_spans {
+                let service = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .map(|a| text(a.value.as_ref().and_then(|v| v.value.as_ref())))
+                    .unwrap_or_default();
+                for span in resource.scope_spans.iter().flat_map(|s| &s.spans) {
+                    let attributes = span
+                        .attributes
+                        .iter()
+                        .map(|a| (a.key.clone(), text(a.value.as_ref().and_then(|v| v.value.as_ref()))))
+                        .collect();
+                    out.push(Received { name: span.name.clone(), attributes, service: service.clone() });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A span as the collector got it, its attributes as strings.
+#[derive(Debug)]
+struct Received {
+    name: String,
+    attributes: Vec<(String, String)>,
+    service: String,
+}
+
+impl Received {
+    fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+fn text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// The binary on a free port, with exactly the `OTEL_*` variables given.
+    fn start(otel: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_berth-registry"));
+        command
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+            .arg("--root")
+            .arg(dir.path().join("data"))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")) {
+            command.env_remove(k);
+        }
+        // Spans leave in small batches at once, so the test need not wait.
+        command.env("OTEL_BSP_SCHEDULE_DELAY", "100").envs(otel.iter().copied());
+        Server { child: command.spawn().unwrap(), base: format!("http://127.0.0.1:{port}"), _dir: dir }
+    }
+
+    async fn round_trip(&self) {
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if client.get(format!("{}/readyz", self.base)).send().await.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+        let blob = client
+            .post(format!("{}/v2/traced/app/blobs/uploads/?digest=sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", self.base))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(blob.status(), 201);
+        let put = client
+            .put(format!("{}/v2/traced/app/manifests/v1", self.base))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(manifest.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 201);
+        let accept = "application/vnd.oci.image.manifest.v1+json";
+        let get = client
+            .get(format!("{}/v2/traced/app/manifests/v1", self.base))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(get.status(), 200);
+        let missing = client.get(format!("{}/v2/traced/app/manifests/nope", self.base)).send().await.unwrap();
+        assert_eq!(missing.status(), 404);
+    }
+
+    /// Stops the process (SIGTERM, so it sends its last spans) and returns its log lines.
+    fn stop(mut self) -> Vec<serde_json::Value> {
+        // SAFETY: a plain signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_reach_the_configured_collector_with_the_repository_and_reference() {
+    let collector = Collector::default();
+    let addr = collector.serve("127.0.0.1:0").await;
+    let endpoint = format!("http://{addr}");
+    let server =
+        Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_SERVICE_NAME", "berth-under-test")]);
+    server.round_trip().await;
+    let lines = server.stop();
+    let spans = collector.spans();
+    let find =
+        |name: &str, reference: &str| spans.iter().find(|s| s.name == name && s.attr("reference") == Some(reference));
+    let request = find("GET manifest", "v1").unwrap_or_else(|| panic!("no request span for the pull: {spans:#?}"));
+    assert_eq!(request.attr("repository"), Some("traced/app"));
+    assert_eq!(request.attr("http.route"), Some("manifest"));
+    assert_eq!(request.attr("http.response.status_code"), Some("200"));
+    assert_eq!(request.service, "berth-under-test", "OTEL_SERVICE_NAME names the service");
+    assert!(find("tag_manifest", "v1").is_some(), "a span for the storage read: {spans:#?}");
+    let put = spans.iter().find(|s| s.name == "manifest_put").expect("a span for the storage write");
+    assert_eq!(put.attr("repository"), Some("traced/app"));
+    assert!(put.attr("reference").is_some_and(|r| r.starts_with("sha256:")), "{put:?}");
+    let missing = find("GET manifest", "nope").expect("a span for the 404");
+    assert_eq!(missing.attr("http.response.status_code"), Some("404"));
+
+    // One access line per API request, with what an operator greps for.
+    let access: Vec<_> = lines.iter().filter(|l| l["target"] == "berth_registry::access").collect();
+    let api: Vec<_> = access.iter().filter(|l| l["fields"]["route"] != "health").collect();
+    assert_eq!(api.len(), 4, "POST blob, PUT, GET, GET 404: {access:#?}");
+    let get =
+        api.iter().find(|l| l["fields"]["path"] == "/v2/traced/app/manifests/v1" && l["fields"]["method"] == "GET");
+    let get = get.expect("the pull's line");
+    assert_eq!(get["level"], "INFO");
+    assert_eq!(get["fields"]["status"], 200);
+    assert_eq!(get["fields"]["route"], "manifest");
+    assert!(get["fields"]["bytes_out"].as_u64().unwrap() > 100);
+    assert!(get["fields"]["duration_ms"].as_f64().is_some());
+    assert_eq!(get["fields"]["complete"], true);
+    let blob = api.iter().find(|l| l["fields"]["method"] == "POST").unwrap();
+    assert_eq!(blob["fields"]["bytes_in"], 2);
+    assert_eq!(blob["fields"]["status"], 201);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_endpoint_nothing_is_sent_not_even_to_the_default_one() {
+    // The default OTLP/HTTP endpoint: an exporter made by mistake would post here.
+    let collector = Collector::default();
+    collector.serve("127.0.0.1:4318").await;
+    let server = Server::start(&[("OTEL_SERVICE_NAME", "berth-under-test")]);
+    server.round_trip().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines = server.stop();
+    assert!(collector.requests.lock().unwrap().is_empty(), "spans were sent with no endpoint configured");
+    assert!(lines.iter().any(|l| l["target"] == "berth_registry::access"), "the process ran and logged");
+
+    // And switched off explicitly, with an endpoint set.
+    let server =
+        Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"), ("OTEL_SDK_DISABLED", "true")]);
+    server.round_trip().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.stop();
+    assert!(collector.requests.lock().unwrap().is_empty(), "OTEL_SDK_DISABLED=true still sent spans");
+}
+
+#[test]
+fn a_protocol_that_is_not_built_in_is_refused_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth-registry"))
+        .args(["--listen", "127.0.0.1:0", "--root", "/nonexistent/never"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http/protobuf"), "{}", String::from_utf8_lossy(&out.stderr));
+}
