@@ -3,6 +3,7 @@
 //! noisy machine. Prints a Markdown table (and writes it with `--out`). With
 //! `--s3`, berth and Distribution v3 keep their content in one MinIO instead.
 
+mod observe;
 mod s3;
 mod workloads;
 
@@ -55,6 +56,10 @@ struct Args {
     /// The MinIO server binary (with --s3).
     #[arg(long, env = "BERTH_MINIO")]
     minio: Option<PathBuf>,
+    /// Only berth, with its metrics, traces and access log off and on in turn:
+    /// what observing costs manifest GETs.
+    #[arg(long)]
+    observe: bool,
 }
 
 const REGISTRIES: [Kind; 3] = [Kind::Berth, Kind::Distribution, Kind::DebianRegistry];
@@ -91,6 +96,14 @@ async fn main() {
         debian_registry: args.debian_registry.clone(),
         nginx: args.nginx.clone(),
     };
+    if args.observe {
+        let table = observe::run(&args, &bins).await;
+        println!("{table}");
+        if let Some(out) = &args.out {
+            std::fs::write(out, &table).unwrap();
+        }
+        return;
+    }
     let client = reqwest::Client::new();
     let mut s = Samples::new();
     eprintln!("generating {} MiB blobs", args.blob_mib);

@@ -152,6 +152,19 @@ impl Server {
         Server::launch(kind, bins, false, Some(s3)).await
     }
 
+    /// berth-registry with `yaml` as its configuration file and `env` beside
+    /// `RUST_LOG=error` (which `env` may override).
+    pub async fn start_berth(bins: &Binaries, yaml: &str, env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::Builder::new().prefix("berth-bench.").tempdir_in(bench_tmp()).unwrap();
+        let port = free_port();
+        let config = dir.path().join("berth.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let mut c = Command::new(&bins.berth);
+        c.args(["--listen", &format!("127.0.0.1:{port}"), "--root"]).arg(dir.path().join("data"));
+        c.arg("--config").arg(config).env("RUST_LOG", "error").envs(env.iter().copied());
+        Server::spawn(Kind::Berth, c, dir, port).await
+    }
+
     /// MinIO (single drive) with the bucket [`minio::BUCKET`]; the root user's
     /// credentials are in the files of `dir/creds`, as berth's `credentialsDir` reads them.
     pub async fn start_minio(bin: &Path) -> Server {

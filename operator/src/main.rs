@@ -29,8 +29,14 @@ async fn main() -> anyhow::Result<()> {
     rustls::crypto::aws_lc_rs::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("installing the TLS provider"))?;
-    telemetry::init();
+    let telemetry = telemetry::init()?;
     let args = Args::parse();
+    let outcome = run(args).await;
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await.ok();
+    outcome
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
 

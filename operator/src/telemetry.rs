@@ -1,8 +1,9 @@
-//! JSON logs, filtered by `RUST_LOG` (default `info`).
+//! JSON logs, filtered by `RUST_LOG` (default `info`), and OTLP traces when
+//! the standard `OTEL_*` environment asks for them: set up as the registry's.
 
-use tracing_subscriber::EnvFilter;
+use berth_registry::config::LogFormat;
+pub use berth_registry::telemetry::{Telemetry, TelemetryError};
 
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().json().with_env_filter(filter).init();
+pub fn init() -> Result<Telemetry, TelemetryError> {
+    berth_registry::telemetry::init("berth-operator", "info", LogFormat::Json)
 }

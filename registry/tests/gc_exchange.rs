@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use berth_registry::config::CollectorKubernetes;
 use berth_registry::gc::exchange::{Exchange, ExchangeError, FIELD_MANAGER};
-use berth_registry::report::{Collection, Report, Usage};
+use berth_registry::report::{Collection, HEALTH_KEY, REPORT_KEY, Report, StorageHealth, Usage};
 use berth_testcontrolplane::ControlPlane;
 
 const ROLE: &str = "apiVersion: rbac.authorization.k8s.io/v1
@@ -96,6 +96,24 @@ async fn requests_in_report_out() {
     let managers: Vec<&str> =
         cm["metadata"]["managedFields"].as_array().unwrap().iter().filter_map(|m| m["manager"].as_str()).collect();
     assert!(managers.contains(&FIELD_MANAGER), "{managers:?}");
+
+    // The storage health goes beside the report, under a manager of its own,
+    // so neither write takes the other's key away.
+    let health = StorageHealth { writable: false, message: Some("read-only".into()), since: "x".into(), pod: None };
+    exchange.publish_health(&health).await.unwrap();
+    exchange.publish(&report).await.unwrap();
+    let data = |cp: &ControlPlane| -> serde_json::Value {
+        let cm = cp.kubectl_ok(&["get", "configmap", "cache-usage", "-n", "berth", "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&cm).unwrap()["data"].clone()
+    };
+    let both = data(&cp);
+    let written: StorageHealth = serde_json::from_str(both[HEALTH_KEY].as_str().unwrap()).unwrap();
+    assert_eq!(written, health);
+    assert!(both[REPORT_KEY].is_string());
+    exchange.publish_health(&StorageHealth { writable: true, ..health }).await.unwrap();
+    let both = data(&cp);
+    assert!(both[REPORT_KEY].is_string(), "the report stays: {both}");
+    assert!(both[HEALTH_KEY].as_str().unwrap().contains("\"writable\":true"));
 
     // The account reaches nothing else: another ConfigMap's report is refused.
     let other = Exchange::new(&CollectorKubernetes {

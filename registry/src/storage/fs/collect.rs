@@ -275,8 +275,11 @@ impl Lifecycle for FsStorage {
     }
 
     async fn probe(&self) -> Result<()> {
-        let (root, path) = (self.root().to_owned(), self.tmp_dir().join(format!("probe-{}", uuid::Uuid::new_v4())));
+        // In a directory of its own, where no upload's temporary files are.
+        let (root, dir) = (self.root().to_owned(), self.root().join("health"));
+        let path = dir.join(format!("probe-{}", uuid::Uuid::new_v4()));
         blocking(move || {
+            remove_stale_probes(&dir);
             // Root may write into the blocks kept for it; pushes as anyone
             // else could not, so an exhausted volume fails the probe even then.
             if statvfs(&root)?.1 < PROBE.len() as u64 {
@@ -303,6 +306,17 @@ impl Lifecycle for FsStorage {
 
 /// What the probe writes: a block's worth, so a full filesystem refuses it.
 const PROBE: &[u8; 4096] = &[0x5a; 4096];
+
+/// Probe files a killed process left behind (a probe takes milliseconds).
+fn remove_stale_probes(dir: &Path) {
+    let stale = SystemTime::now() - Duration::from_secs(60);
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < stale);
+        if old && entry.file_name().to_string_lossy().starts_with("probe-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
 
 /// Writes `PROBE` to a new file at `path`, syncs it and reads it back.
 fn probe_file(path: &Path) -> io::Result<()> {

@@ -53,7 +53,7 @@ impl FsStorage {
     /// Opens (creating if needed) a storage root.
     pub fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
         let root = root.into();
-        for dir in ["blobs", "repositories", "tmp", "gc"] {
+        for dir in ["blobs", "repositories", "tmp", "gc", "health"] {
             durable::ensure_dir(&root.join(dir))?;
         }
         let reads = read::Mode::for_filesystem(&root);
