@@ -17,20 +17,21 @@ use crate::{Args, median};
 struct Variant {
     name: &'static str,
     yaml: &'static str,
-    traces: bool,
+    /// Traces go to the collector stand-in, sampled at this ratio
+    /// (`parentbased_traceidratio`).
+    traces: Option<&'static str>,
     log: &'static str,
 }
 
-const VARIANTS: [Variant; 4] = [
-    Variant {
-        name: "metrics, traces and access log off",
-        yaml: "metrics: {enabled: false}\n",
-        traces: false,
-        log: "error",
-    },
-    Variant { name: "metrics on", yaml: "", traces: false, log: "error" },
-    Variant { name: "metrics and OTLP traces on", yaml: "", traces: true, log: "error" },
-    Variant { name: "metrics, traces and access log (info) on", yaml: "", traces: true, log: "info" },
+const OFF: &str = "metrics: {enabled: false}\n";
+
+const VARIANTS: [Variant; 6] = [
+    Variant { name: "all off", yaml: OFF, traces: None, log: "error" },
+    Variant { name: "metrics", yaml: "", traces: None, log: "error" },
+    Variant { name: "metrics, traces sampled 1%", yaml: "", traces: Some("0.01"), log: "error" },
+    Variant { name: "metrics, traces sampled 10%", yaml: "", traces: Some("0.1"), log: "error" },
+    Variant { name: "metrics, every request traced", yaml: "", traces: Some("1"), log: "error" },
+    Variant { name: "metrics, traces 1%, access log", yaml: "", traces: Some("0.01"), log: "info" },
 ];
 
 /// Runs the rounds; returns the table as Markdown.
@@ -43,8 +44,10 @@ pub async fn run(args: &Args, bins: &Binaries) -> String {
         for v in &VARIANTS {
             eprintln!("round {round}: {}", v.name);
             let mut env = vec![("RUST_LOG", v.log)];
-            if v.traces {
+            if let Some(ratio) = v.traces {
                 env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()));
+                env.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"));
+                env.push(("OTEL_TRACES_SAMPLER_ARG", ratio));
             }
             let server = Server::start_berth(bins, v.yaml, &env).await;
             let client = reqwest::Client::new();

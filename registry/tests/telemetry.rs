@@ -227,6 +227,16 @@ async fn without_an_endpoint_nothing_is_sent_not_even_to_the_default_one() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.stop();
     assert!(collector.requests.lock().unwrap().is_empty(), "OTEL_SDK_DISABLED=true still sent spans");
+
+    // Sampled out: requests make no spans, so none are sent.
+    let server = Server::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+        ("OTEL_TRACES_SAMPLER", "always_off"),
+    ]);
+    server.round_trip().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.stop();
+    assert!(collector.requests.lock().unwrap().is_empty(), "always_off still sent spans");
 }
 
 #[test]

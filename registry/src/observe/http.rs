@@ -38,7 +38,10 @@ impl Observer {
     pub fn begin<B>(&self, request: Request<B>, peer: SocketAddr) -> (Record, Request<Counted<B>>) {
         let route = classify(request.uri().path(), &self.metrics_path);
         let method = request.method().clone();
-        let span = tracing::info_span!(
+        let span = if !crate::telemetry::sampled() {
+            Span::none()
+        } else {
+            tracing::info_span!(
             "request",
             otel.name = %format_args!("{method} {}", route.as_str()),
             otel.kind = "server",
@@ -47,7 +50,8 @@ impl Observer {
             repository = tracing::field::Empty,
             reference = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
-        );
+            )
+        };
         let received = matches!(method, Method::PUT | Method::POST | Method::PATCH).then(Arc::default);
         if let Some(m) = &self.metrics {
             m.in_flight.inc();

@@ -42,12 +42,17 @@ impl<S: Storage + ?Sized> Observed<S> {
         reference: Option<&(dyn Display + Sync)>,
         work: impl Future<Output = T>,
     ) -> T {
-        let span = tracing::info_span!(
-            "storage",
-            otel.name = operation,
-            repository = tracing::field::Empty,
-            reference = tracing::field::Empty,
-        );
+        // Only inside a traced request: one left out by sampling has no span.
+        let span = if tracing::Span::current().is_disabled() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "storage",
+                otel.name = operation,
+                repository = tracing::field::Empty,
+                reference = tracing::field::Empty,
+            )
+        };
         if !span.is_disabled() {
             if let Some(repo) = repo {
                 span.record("repository", repo.as_str());
