@@ -14,6 +14,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod monitoring;
+pub use monitoring::{INTERVAL_RULE, MonitoringSpec, SERVICE_MONITOR, STORAGE_HEALTHY, ServiceMonitorSpec};
+
 pub const GROUP: &str = "berth.dev";
 /// Condition types reported in `status.conditions`.
 pub const READY: &str = "Ready";
@@ -110,6 +113,9 @@ pub struct RegistrySpec {
     /// Byte limits for the whole registry and per repository; the registry's own config type.
     #[serde(default)]
     pub quota: QuotaConfig,
+    /// How Prometheus finds the metrics the registry serves on its port `metrics` (9464).
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
 }
 
 /// When the registry collects garbage. Images that any pod in the cluster refers
@@ -509,7 +515,9 @@ pub struct RegistryStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Progressing, Degraded and, once the registry reported its usage, StoragePressure.
+    /// Ready, Progressing, Degraded; once the registry reported its usage,
+    /// StoragePressure, and its storage probe, StorageHealthy; ServiceMonitor
+    /// while `spec.monitoring.serviceMonitor` is enabled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -112,3 +112,27 @@ fn the_s3_rule_knows_the_claim_defaults() {
     assert!(rule.contains("self.retentionPolicy == 'Retain'") && rule.contains("!has(self.storageClassName)"));
     assert!(defaults.storage_class_name.is_none() && defaults.s3.is_none());
 }
+
+/// `spec.monitoring` defaults in the schema as in Rust: scrape annotations on,
+/// no ServiceMonitor; the interval is checked by a CEL rule with a message.
+#[test]
+fn monitoring_in_the_schema() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(berth_crds::Registry::crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+    let monitoring = &schema["spec"]["properties"]["monitoring"];
+    assert_eq!(
+        monitoring["default"],
+        serde_json::json!({"scrapeAnnotations": true, "serviceMonitor": {"enabled": false}})
+    );
+    assert_eq!(monitoring["properties"]["scrapeAnnotations"]["default"], true);
+    let monitor = &monitoring["properties"]["serviceMonitor"]["properties"];
+    assert_eq!(monitor["enabled"]["default"], false);
+    assert_eq!(monitor["labels"]["additionalProperties"]["type"], "string");
+    let rules = monitor["interval"]["x-kubernetes-validations"].as_array().expect("a rule on the interval");
+    assert_eq!(rules[0]["rule"], berth_crds::INTERVAL_RULE);
+    assert!(rules[0]["message"].as_str().unwrap().contains("Prometheus duration such as 30s"));
+    let rust: berth_crds::RegistrySpec = serde_json::from_str("{}").unwrap();
+    assert_eq!(rust.monitoring, berth_crds::MonitoringSpec::default());
+    assert!(rust.monitoring.scrape_annotations && !rust.monitoring.service_monitor.enabled);
+}
