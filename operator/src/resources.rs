@@ -7,10 +7,10 @@ use berth_crds::Registry;
 use berth_registry::config::{Config, LogFormat};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, KeyToPath,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    TCPSocketAction, Toleration, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, KeyToPath, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Toleration, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -28,6 +28,8 @@ pub use lifecycle::{
     collector_config, gc_requests, gc_requests_name, registry_hosts, registry_role, registry_role_binding,
     registry_role_name, usage_config_map, usage_name,
 };
+mod observe;
+pub use observe::{METRICS_PATH, METRICS_PORT, METRICS_PORT_NAME, metrics_config, scrape_annotations};
 mod storage;
 pub use storage::{disruption_budget, disruption_budget_name, storage_config, storage_status, wants_disruption_budget};
 
@@ -91,6 +93,7 @@ pub fn registry_config(reg: &Registry) -> Config {
         gc: collector_config(reg),
         retention: reg.spec.retention.clone(),
         quota: reg.spec.quota.clone(),
+        metrics: metrics_config(),
         ..Config::default()
     };
     config.log.format = LogFormat::Json;
@@ -149,22 +152,6 @@ pub fn claim(reg: &Registry) -> PersistentVolumeClaim {
     }
 }
 
-/// The readiness and liveness probe: `/healthz` answers without credentials,
-/// `/v2/` does not once access control is on.
-fn probe(reg: &Registry, initial_delay: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/healthz".into()),
-            port: IntOrString::String(auth::port_name(reg).into()),
-            scheme: Some(auth::probe_scheme(reg).into()),
-            ..Default::default()
-        }),
-        initial_delay_seconds: Some(initial_delay),
-        period_seconds: Some(10),
-        ..Default::default()
-    }
-}
-
 /// A read-only Secret volume named `name` holding only the Secret's keys in
 /// `items`, each under its file name (`(key, file)`), mounted at `dir`.
 fn secret_volume(name: &str, secret: &str, items: &[(&str, &str)], dir: &str) -> (Volume, VolumeMount) {
@@ -207,7 +194,9 @@ fn volumes(reg: &Registry) -> (Vec<Volume>, Vec<VolumeMount>) {
 pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
     let spec = &reg.spec;
     let config = registry_config(reg).to_yaml();
-    let mut annotations = spec.pod_annotations.clone();
+    // The user's annotations win over the scrape annotations, not over the hash.
+    let mut annotations = scrape_annotations(reg);
+    annotations.extend(spec.pod_annotations.clone());
     annotations.insert(CONFIG_HASH.to_owned(), sha256_hex(config.as_bytes()));
     let (volumes, mounts) = volumes(reg);
     let container = Container {
@@ -215,13 +204,18 @@ pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
         image: Some(spec.image.clone().unwrap_or_else(|| default_image.to_owned())),
         command: Some(vec!["berth-registry".into()]),
         args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/{CONFIG_FILE}")]),
-        ports: Some(vec![ContainerPort {
-            name: Some(auth::port_name(reg).into()),
-            container_port: REGISTRY_PORT,
-            ..Default::default()
-        }]),
-        readiness_probe: Some(probe(reg, 1)),
-        liveness_probe: Some(probe(reg, 10)),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(auth::port_name(reg).into()),
+                container_port: REGISTRY_PORT,
+                ..Default::default()
+            },
+            observe::metrics_container_port(),
+        ]),
+        // On the plain-HTTP metrics port, which needs no certificate or
+        // credentials whatever the main port asks for.
+        readiness_probe: Some(observe::readiness_probe()),
+        liveness_probe: Some(observe::liveness_probe()),
         resources: spec.resources.clone(),
         security_context: Some(hardened()),
         volume_mounts: Some(mounts),
@@ -267,13 +261,17 @@ pub fn service(reg: &Registry) -> Service {
         spec: Some(ServiceSpec {
             type_: Some(reg.spec.service.type_.as_str().into()),
             selector: Some(labels(reg)),
-            ports: Some(vec![ServicePort {
-                name: Some(port.into()),
-                port: reg.spec.service.port,
-                target_port: Some(IntOrString::String(port.into())),
-                app_protocol: reg.spec.tls.is_some().then(|| "https".into()),
-                ..Default::default()
-            }]),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some(port.into()),
+                    port: reg.spec.service.port,
+                    target_port: Some(IntOrString::String(port.into())),
+                    app_protocol: reg.spec.tls.is_some().then(|| "https".into()),
+                    ..Default::default()
+                },
+                // What a ServiceMonitor scrapes.
+                observe::metrics_service_port(),
+            ]),
             ..Default::default()
         }),
         ..Default::default()

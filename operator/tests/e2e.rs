@@ -428,8 +428,12 @@ fn access_control_and_tls() {
     assert_eq!(mount("htpasswd").unwrap()["readOnly"], true);
     assert_eq!(mount("tls").unwrap()["mountPath"], "/etc/berth/tls");
     assert_eq!(mount("tls").unwrap()["readOnly"], true);
-    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
-    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
+    // The probes ask the plain-HTTP metrics port: TLS and credentials do not reach them.
+    let probe = &container["readinessProbe"]["httpGet"];
+    assert_eq!(
+        (&probe["scheme"], &probe["port"], &probe["path"]),
+        (&"HTTP".into(), &"metrics".into(), &"/readyz".into())
+    );
     let svc = json(&cp, &["get", "service", "secure"]).unwrap();
     assert_eq!(svc["spec"]["ports"][0]["appProtocol"], "https");
 
@@ -612,8 +616,8 @@ impl PlayedPod {
 /// claim), bound at its mount path in a private mount and network namespace.
 /// There `before` runs first (a MinIO, say; `$WORK` is [`PlayedPod::work`]),
 /// then `berth-registry` with exactly the rendered command, args and user,
-/// asked the path the rendered probes ask; then an image is pushed and pulled
-/// back with crane.
+/// asked what the rendered probes ask (their paths on the container ports they
+/// name); then an image is pushed and pulled back with crane.
 fn play_registry_pod(cp: &ControlPlane, name: &str, before: &str) -> PlayedPod {
     let d = wait_for(cp, &["get", "deployment", name]);
     let pod = &d["spec"]["template"]["spec"];
@@ -622,9 +626,14 @@ fn play_registry_pod(cp: &ControlPlane, name: &str, before: &str) -> PlayedPod {
     let command = [strings(&container["command"]), strings(&container["args"])].concat();
     let user = container["securityContext"]["runAsUser"].as_i64().unwrap() as u32;
     let group = pod["securityContext"]["fsGroup"].as_i64().unwrap() as u32;
-    let probe = &container["readinessProbe"]["httpGet"];
-    assert_eq!(probe["scheme"], "HTTP");
-    let probe_path = probe["path"].as_str().unwrap().to_owned();
+    let probe_url = |probe: &str| {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["scheme"], "HTTP", "{probe}");
+        let port = container["ports"].as_array().unwrap().iter().find(|p| p["name"] == get["port"]);
+        let port = port.unwrap_or_else(|| panic!("{probe} asks a port the container does not name: {get}"));
+        format!("http://127.0.0.1:{}{}", port["containerPort"], get["path"].as_str().unwrap())
+    };
+    let (ready, live) = (probe_url("readinessProbe"), probe_url("livenessProbe"));
 
     let work = tempfile::tempdir().unwrap();
     let mut volumes = std::collections::HashMap::new();
@@ -680,8 +689,9 @@ export WORK='{work}'
 export PATH='{bin}':$PATH
 chmod 755 '{work}' '{bin}' '{work}/volumes'
 setpriv --reuid {user} --regid {user} --clear-groups {command} > '{work}/registry.log' 2>&1 &
-for i in $(seq 1 100); do curl -fs http://127.0.0.1:5000{probe_path} >/dev/null && break; sleep 0.1; done
-curl -fsS http://127.0.0.1:5000{probe_path} >/dev/null
+for i in $(seq 1 100); do curl -fs '{ready}' >/dev/null && break; sleep 0.1; done
+curl -fsS '{ready}' >/dev/null
+curl -fsS '{live}' >/dev/null
 cd '{work}' && tar -cf layer.tar layer.txt
 '{crane}' append -f layer.tar -t 127.0.0.1:5000/play/app:v1 > pushed.txt 2>/dev/null
 '{crane}' export 127.0.0.1:5000/play/app:v1 - | tar -xO layer.txt

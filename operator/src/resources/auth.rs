@@ -73,11 +73,6 @@ pub fn port_name(reg: &Registry) -> &'static str {
     if reg.spec.tls.is_some() { "https" } else { "http" }
 }
 
-/// Scheme of the probes.
-pub fn probe_scheme(reg: &Registry) -> &'static str {
-    if reg.spec.tls.is_some() { "HTTPS" } else { "HTTP" }
-}
-
 pub fn service_account_name(reg: &Registry) -> String {
     format!("{}-registry", reg.name_any())
 }

@@ -153,21 +153,20 @@ fn tls_mounts_the_certificate_and_serves_https() {
     assert_eq!(tls.cert_file, std::path::PathBuf::from("/etc/berth/tls/tls.crt"));
     assert_eq!(tls.key_file, std::path::PathBuf::from("/etc/berth/tls/tls.key"));
 
-    // Probes speak HTTPS to the port named for it, on the path that needs no credentials.
-    assert_speaks(&reg, "HTTPS", "https");
+    // The main port is named for HTTPS; the probes still speak plain HTTP to the metrics port.
+    assert_speaks(&reg, "https");
     assert_eq!(service(&reg).spec.unwrap().ports.unwrap()[0].app_protocol.as_deref(), Some("https"));
 }
 
-/// The container port and the Service port are named `port`; both probes ask
-/// `/healthz` there in `scheme`.
-fn assert_speaks(reg: &Registry, scheme: &str, port: &str) {
+/// The main container port and Service port are named `port`; both probes ask
+/// the plain-HTTP `metrics` port, which needs neither certificate nor credentials.
+fn assert_speaks(reg: &Registry, port: &str) {
     let pod = pod(reg);
     assert_eq!(pod.containers[0].ports.as_ref().unwrap()[0].name.as_deref(), Some(port));
     for probe in probes(&pod) {
         let get = probe.http_get.as_ref().unwrap();
-        assert_eq!(get.scheme.as_deref(), Some(scheme));
-        assert_eq!(get.path.as_deref(), Some("/healthz"));
-        assert_eq!(get.port, IntOrString::String(port.into()));
+        assert_eq!(get.scheme.as_deref(), Some("HTTP"));
+        assert_eq!(get.port, IntOrString::String("metrics".into()));
     }
     let service_port = &service(reg).spec.unwrap().ports.unwrap()[0];
     assert_eq!(service_port.name.as_deref(), Some(port));
@@ -178,7 +177,7 @@ fn assert_speaks(reg: &Registry, scheme: &str, port: &str) {
 fn without_tls_everything_is_plain_http() {
     let reg = registry("{}");
     assert!(volume(&pod(&reg), "tls").is_none());
-    assert_speaks(&reg, "HTTP", "http");
+    assert_speaks(&reg, "http");
     assert!(service(&reg).spec.unwrap().ports.unwrap()[0].app_protocol.is_none());
 }
 

@@ -1,0 +1,81 @@
+//! Observability: the registry's `metrics` section, its plain-HTTP port
+//! `metrics` (metrics, `/healthz`, `/readyz`), the probes on it, the scrape
+//! annotations. Pure, like the rest of [`crate::resources`].
+
+use std::collections::BTreeMap;
+
+use berth_crds::Registry;
+use berth_registry::config::MetricsConfig;
+use k8s_openapi::api::core::v1::{ContainerPort, HTTPGetAction, Probe, ServicePort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// Where the registry serves its metrics, `/healthz` and `/readyz`, in plain
+/// HTTP: probes and scrapers need neither its certificate nor credentials,
+/// whatever `tls` and `auth` its main port has. 9464 is the port
+/// OpenTelemetry's Prometheus exporter uses.
+pub const METRICS_PORT: i32 = 9464;
+/// Name of the container port and the Service port.
+pub const METRICS_PORT_NAME: &str = "metrics";
+pub const METRICS_PATH: &str = "/metrics";
+
+/// The registry's `metrics` section: always on, on its own port.
+pub fn metrics_config() -> MetricsConfig {
+    MetricsConfig { enabled: true, listen: Some(format!("0.0.0.0:{METRICS_PORT}")), path: METRICS_PATH.into() }
+}
+
+pub fn metrics_container_port() -> ContainerPort {
+    ContainerPort { name: Some(METRICS_PORT_NAME.into()), container_port: METRICS_PORT, ..Default::default() }
+}
+
+pub fn metrics_service_port() -> ServicePort {
+    ServicePort {
+        name: Some(METRICS_PORT_NAME.into()),
+        port: METRICS_PORT,
+        target_port: Some(IntOrString::String(METRICS_PORT_NAME.into())),
+        app_protocol: Some("http".into()),
+        ..Default::default()
+    }
+}
+
+fn probe(path: &str, initial_delay: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(METRICS_PORT_NAME.into()),
+            scheme: Some("HTTP".into()),
+            ..Default::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(10),
+        ..Default::default()
+    }
+}
+
+/// Ready while the registry's storage probe passes (`/readyz` answers 503
+/// otherwise): a pod that cannot write its storage gets no traffic.
+pub fn readiness_probe() -> Probe {
+    probe("/readyz", 1)
+}
+
+/// Alive while the process answers; cheap, and blind to the storage, so a
+/// storage outage makes pods unready instead of restarting them all.
+pub fn liveness_probe() -> Probe {
+    probe("/healthz", 10)
+}
+
+/// The pod annotations that annotation-based Prometheus scrape configurations
+/// follow, when `spec.monitoring.scrapeAnnotations` is on. The caller lets
+/// `spec.podAnnotations` win.
+pub fn scrape_annotations(reg: &Registry) -> BTreeMap<String, String> {
+    if !reg.spec.monitoring.scrape_annotations {
+        return BTreeMap::new();
+    }
+    BTreeMap::from([
+        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+        ("prometheus.io/port".to_owned(), METRICS_PORT.to_string()),
+        ("prometheus.io/path".to_owned(), METRICS_PATH.to_owned()),
+    ])
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,78 @@
+use berth_registry::config::Config;
+use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
+
+use super::*;
+use crate::resources::tests::registry;
+use crate::resources::{CONFIG_FILE, CONFIG_HASH, config_map, deployment, service};
+
+fn template(reg: &Registry) -> PodTemplateSpec {
+    deployment(reg, "img").spec.template
+}
+
+fn container(reg: &Registry) -> Container {
+    template(reg).spec.unwrap().containers.remove(0)
+}
+
+fn annotations(reg: &Registry) -> BTreeMap<String, String> {
+    template(reg).metadata.unwrap().annotations.unwrap()
+}
+
+#[test]
+fn the_registry_serves_metrics_on_a_port_of_its_own() {
+    let reg = registry("{}");
+    let config = Config::from_yaml(&config_map(&reg).data.unwrap()[CONFIG_FILE]).unwrap();
+    assert!(config.metrics.enabled);
+    assert_eq!(config.metrics.listen.as_deref(), Some("0.0.0.0:9464"));
+    assert_eq!(config.metrics.path, "/metrics");
+    assert_eq!(config.listen, "0.0.0.0:5000", "the API stays where it was");
+
+    let ports = container(&reg).ports.unwrap();
+    let names: Vec<(Option<&str>, i32)> = ports.iter().map(|p| (p.name.as_deref(), p.container_port)).collect();
+    assert_eq!(names, [(Some("http"), 5000), (Some("metrics"), 9464)]);
+    let svc = service(&reg).spec.unwrap().ports.unwrap();
+    assert_eq!(svc[0].port, 5000, "the registry's port stays first");
+    let metrics = &svc[1];
+    assert_eq!((metrics.name.as_deref(), metrics.port), (Some("metrics"), 9464));
+    assert_eq!(metrics.target_port, Some(IntOrString::String("metrics".into())));
+}
+
+/// Readiness follows the storage probe, liveness only the process; both ask
+/// the metrics port in plain HTTP, whatever TLS and access control the main
+/// port has, with the timings the probes had on `/healthz`.
+#[test]
+fn probes_ask_the_metrics_port_in_plain_http() {
+    for spec in ["{}", "tls: {secretName: cert}", "auth: {anonymous: none, htpasswd: {secretName: users}}"] {
+        let c = container(&registry(spec));
+        let (ready, live) = (c.readiness_probe.unwrap(), c.liveness_probe.unwrap());
+        for (probe, path, delay) in [(&ready, "/readyz", 1), (&live, "/healthz", 10)] {
+            let get = probe.http_get.as_ref().unwrap();
+            assert_eq!(get.path.as_deref(), Some(path), "{spec}");
+            assert_eq!(get.port, IntOrString::String("metrics".into()), "{spec}");
+            assert_eq!(get.scheme.as_deref(), Some("HTTP"), "{spec}");
+            assert_eq!((probe.initial_delay_seconds, probe.period_seconds), (Some(delay), Some(10)));
+        }
+    }
+}
+
+#[test]
+fn pods_carry_scrape_annotations_unless_turned_off() {
+    let on = annotations(&registry("{}"));
+    assert_eq!(on["prometheus.io/scrape"], "true");
+    assert_eq!(on["prometheus.io/port"], "9464");
+    assert_eq!(on["prometheus.io/path"], "/metrics");
+    assert!(on.contains_key(CONFIG_HASH));
+
+    let off = annotations(&registry("monitoring: {scrapeAnnotations: false}"));
+    assert!(off.keys().all(|k| !k.starts_with("prometheus.io/")), "{off:?}");
+    assert!(off.contains_key(CONFIG_HASH));
+}
+
+#[test]
+fn pod_annotations_win_over_scrape_annotations_but_not_over_the_config_hash() {
+    let reg = registry("podAnnotations: {prometheus.io/scrape: 'false', berth.dev/config-hash: forged, team: a}");
+    let a = annotations(&reg);
+    assert_eq!(a["prometheus.io/scrape"], "false");
+    assert_eq!(a["prometheus.io/port"], "9464");
+    assert_eq!(a["team"], "a");
+    assert_ne!(a[CONFIG_HASH], "forged");
+}
