@@ -8,14 +8,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_crds::{Registry, RegistryStatus, RetentionPolicy, STORAGE_PRESSURE};
-use berth_registry::report::Report;
+use berth_crds::{Registry, RegistryStatus, RetentionPolicy, STORAGE_HEALTHY, STORAGE_PRESSURE};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -29,6 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::resources::{self, OWNER_UID, applied_hash, quantity_bytes, with_applied_hash};
+use crate::status::Observed;
 use crate::{images, status};
 
 /// Field manager of every server-side apply, and the finalizer's name.
@@ -277,8 +277,8 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
 
     let mut changes = Vec::new();
     let mut problem = None;
-    // Kept from the status while a problem stops the steps that read a new one.
-    let mut report = status::last_report(reg);
+    // None while a problem stops the steps: the status keeps what they last found.
+    let mut observed = None;
     // On S3 there is no claim: the CRD refuses to switch an existing Registry
     // between the two, so there is never one of ours to clean up either.
     if reg.spec.storage.uses_claim() {
@@ -307,7 +307,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
             lifecycle::apply(ctx, reg, &mut changes).await
         };
         match steps.await {
-            Ok(r) => report = r,
+            Ok(found) => observed = Some(found),
             Err(e) => return fail(reg, ctx, e).await,
         }
     }
@@ -321,15 +321,27 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
     }
     let deployment = deployments.get_opt(&reg.name_any()).await?;
     let became_degraded = problem.is_some() && !is_degraded(reg);
-    let status = write_status(reg, ctx, deployment.as_ref(), problem.as_deref(), report.as_ref()).await?;
+    let status = write_status(reg, ctx, deployment.as_ref(), problem.as_deref(), observed.as_ref()).await?;
     if let (true, Some(p)) = (became_degraded, problem) {
         ctx.event(reg, EventType::Warning, "Degraded", "Reconcile", p).await;
     }
-    let pressure = status.conditions.iter().find(|c| c.type_ == STORAGE_PRESSURE && c.status == "True");
-    if let (false, Some(c)) = (status::is_true(reg, STORAGE_PRESSURE), pressure) {
-        ctx.event(reg, EventType::Warning, STORAGE_PRESSURE, "Storage", c.message.clone()).await;
+    // A Warning when a condition turns bad, not at every reconcile while it stays so.
+    for (type_, bad, reason, action) in [
+        (STORAGE_PRESSURE, "True", STORAGE_PRESSURE, "Storage"),
+        (STORAGE_HEALTHY, "False", "StorageUnwritable", "Storage"),
+    ] {
+        if let Some(c) = turned(reg, &status, type_, bad) {
+            ctx.event(reg, EventType::Warning, reason, action, c.message.clone()).await;
+        }
     }
     Ok(Action::requeue(RESYNC))
+}
+
+/// The condition `type_` of the new `status` when it has status `value` and
+/// the Registry's current status did not say so.
+fn turned<'a>(reg: &Registry, status: &'a RegistryStatus, type_: &str, value: &str) -> Option<&'a Condition> {
+    let was = reg.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_ && c.status == value));
+    status.conditions.iter().find(|c| c.type_ == type_ && c.status == value).filter(|_| !was)
 }
 
 fn is_degraded(reg: &Registry) -> bool {
@@ -346,20 +358,20 @@ async fn fail(reg: &Registry, ctx: &Context, error: Error) -> Result<Action> {
     let namespace = reg.namespace().unwrap_or_default();
     let deployment =
         Api::<Deployment>::namespaced(ctx.client.clone(), &namespace).get_opt(&reg.name_any()).await.ok().flatten();
-    let _ = write_status(reg, ctx, deployment.as_ref(), Some(&message), status::last_report(reg).as_ref()).await;
+    let _ = write_status(reg, ctx, deployment.as_ref(), Some(&message), None).await;
     Err(error)
 }
 
-/// Writes the status if it changed; returns it.
+/// Writes the status if it changed; returns it. `observed` as [`status::desired`] takes it.
 async fn write_status(
     reg: &Registry,
     ctx: &Context,
     deployment: Option<&Deployment>,
     problem: Option<&str>,
-    report: Option<&Report>,
+    observed: Option<&Observed>,
 ) -> Result<RegistryStatus> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let status = status::desired(reg, deployment, problem, report, now);
+    let status = status::desired(reg, deployment, problem, observed, now);
     if reg.status.as_ref() == Some(&status) {
         return Ok(status);
     }

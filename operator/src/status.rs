@@ -1,12 +1,25 @@
 //! The Registry's status, computed from what the operator observed. Pure.
 
-use berth_crds::{DEGRADED, PROGRESSING, READY, Registry, RegistryStatus, STORAGE_PRESSURE, STORAGE_PRESSURE_PERCENT};
-use berth_registry::report::{Report, Usage};
+use berth_crds::{
+    DEGRADED, PROGRESSING, READY, Registry, RegistryStatus, STORAGE_HEALTHY, STORAGE_PRESSURE, STORAGE_PRESSURE_PERCENT,
+};
+use berth_registry::report::{Report, StorageHealth, Usage};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
 use crate::resources::{audience, endpoint, kubernetes_auth, storage_status};
+
+mod observe;
+
+/// What a reconcile's steps found out beyond the Deployment.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The registry's usage report, if it wrote a readable one.
+    pub report: Option<Report>,
+    /// The registry's storage probe, if it reported a readable one.
+    pub health: Option<StorageHealth>,
+}
 
 fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>, now: &Time) -> Condition {
     Condition {
@@ -20,16 +33,22 @@ fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: O
 }
 
 /// The status for `reg`, given its Deployment (if any), a problem that stops
-/// the operator (if any) and the registry's last report (if any). Conditions
-/// whose status did not change keep their `lastTransitionTime`, so an unchanged
-/// world yields an identical status.
+/// the operator (if any) and what the reconcile's steps found out: `None` when
+/// they did not run (a problem stopped them, or one failed), and then the
+/// status keeps what it said of the report and the storage probe. Conditions whose status did not change keep their
+/// `lastTransitionTime`, so an unchanged world yields an identical status.
 pub fn desired(
     reg: &Registry,
     deployment: Option<&Deployment>,
     problem: Option<&str>,
-    report: Option<&Report>,
+    observed: Option<&Observed>,
     now: Time,
 ) -> RegistryStatus {
+    let kept = last_report(reg);
+    let report = match observed {
+        Some(o) => o.report.as_ref(),
+        None => kept.as_ref(),
+    };
     let generation = reg.metadata.generation;
     let want = reg.spec.replicas;
     let ds = deployment.and_then(|d| d.status.as_ref());
@@ -69,6 +88,10 @@ pub fn desired(
     let on_volume = report.filter(|_| reg.spec.storage.uses_claim());
     conditions.extend(on_volume.map(|r| storage_pressure(&r.usage, generation, &now)));
     let previous = reg.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    match observed {
+        Some(o) => conditions.extend(o.health.as_ref().map(|h| observe::storage_healthy(h, generation, &now))),
+        None => conditions.extend(previous.iter().filter(|c| c.type_ == STORAGE_HEALTHY).cloned()),
+    }
     let conditions = conditions
         .into_iter()
         .map(|mut c| {
@@ -230,6 +253,11 @@ mod tests {
         assert_eq!(get(&ready, DEGRADED).last_transition_time, now(1));
     }
 
+    /// What steps that ran found: this report, nothing else.
+    fn seen(report: Report) -> Observed {
+        Observed { report: Some(report), ..Default::default() }
+    }
+
     fn report(bytes: u64, size: Option<u64>, free: Option<u64>) -> Report {
         let usage = Usage { bytes, volume_bytes: size, volume_available_bytes: free, ..Default::default() };
         Report { usage, last_collection: None }
@@ -247,7 +275,7 @@ mod tests {
         let gi = 1024 * 1024 * 1024;
         let mut collected = report(1288490189, Some(10 * gi), Some(gi));
         collected.last_collection = Some(berth_registry::report::Collection { bytes_freed: 7, ..Default::default() });
-        let s = desired(&registry(), None, None, Some(&collected), now(1));
+        let s = desired(&registry(), None, None, Some(&seen(collected)), now(1));
         assert_eq!(s.usage.as_ref().unwrap().bytes, 1288490189);
         assert_eq!(s.used.as_deref(), Some("1.2Gi"));
         assert_eq!(s.last_collection.as_ref().unwrap().bytes_freed, 7);
@@ -255,9 +283,9 @@ mod tests {
         assert_eq!((pressure.status.as_str(), pressure.reason.as_str()), ("True", "VolumeAlmostFull"));
         assert_eq!(pressure.message, "the volume is 90% full: 1Gi of 10Gi free; the registry stores 1.2Gi");
 
-        let roomy = desired(&registry(), None, None, Some(&report(5, Some(100), Some(15))), now(1));
+        let roomy = desired(&registry(), None, None, Some(&seen(report(5, Some(100), Some(15)))), now(1));
         assert_eq!(get(&roomy, STORAGE_PRESSURE).status, "False", "85% is not yet pressure");
-        let unknown = desired(&registry(), None, None, Some(&report(5, None, None)), now(1));
+        let unknown = desired(&registry(), None, None, Some(&seen(report(5, None, None))), now(1));
         assert_eq!(get(&unknown, STORAGE_PRESSURE).status, "Unknown");
     }
 
@@ -265,7 +293,7 @@ mod tests {
     fn a_bucket_has_no_storage_pressure() {
         let mut reg = registry();
         reg.spec.storage = serde_saphyr::from_str("s3: {bucket: images}").unwrap();
-        let s = desired(&reg, None, None, Some(&report(5, None, None)), now(1));
+        let s = desired(&reg, None, None, Some(&seen(report(5, None, None))), now(1));
         assert!(!s.conditions.iter().any(|c| c.type_ == STORAGE_PRESSURE), "{:?}", s.conditions);
         assert_eq!(s.usage.unwrap().bytes, 5, "usage is still reported");
         let storage = s.storage.unwrap();
@@ -278,10 +306,66 @@ mod tests {
     fn the_same_report_gives_the_same_status() {
         let mut reg = registry();
         let full = report(1, Some(100), Some(5));
+        let full = seen(full);
         reg.status = Some(desired(&reg, None, None, Some(&full), now(1)));
         assert_eq!(desired(&reg, None, None, Some(&full), now(50)), reg.status.clone().unwrap());
         reg.metadata.generation = Some(3);
         assert!(is_true(&reg, STORAGE_PRESSURE));
+    }
+
+    fn health(writable: bool) -> StorageHealth {
+        StorageHealth {
+            writable,
+            message: (!writable).then(|| "disk on fire".into()),
+            since: "2026-11-29T10:00:00Z".into(),
+            pod: None,
+        }
+    }
+
+    fn types(s: &RegistryStatus) -> Vec<&str> {
+        s.conditions.iter().map(|c| c.type_.as_str()).collect()
+    }
+
+    #[test]
+    fn storage_health_appears_only_when_the_registry_reported_it() {
+        let nothing = desired(&registry(), None, None, Some(&Observed::default()), now(1));
+        assert_eq!(types(&nothing), [READY, PROGRESSING, DEGRADED]);
+
+        let observed = Observed { health: Some(health(false)), ..Default::default() };
+        let s = desired(&registry(), None, None, Some(&observed), now(1));
+        assert_eq!(types(&s), [READY, PROGRESSING, DEGRADED, STORAGE_HEALTHY]);
+        let healthy = get(&s, STORAGE_HEALTHY);
+        assert_eq!((healthy.status.as_str(), healthy.reason.as_str()), ("False", "Unwritable"));
+        assert!(healthy.message.ends_with("disk on fire"), "{}", healthy.message);
+    }
+
+    #[test]
+    fn the_same_health_gives_the_same_status_and_a_change_a_new_transition() {
+        let mut reg = registry();
+        let observed = |writable| Observed { health: Some(health(writable)), ..Default::default() };
+        reg.status = Some(desired(&reg, None, None, Some(&observed(false)), now(1)));
+        let again = desired(&reg, None, None, Some(&observed(false)), now(50));
+        assert_eq!(Some(&again), reg.status.as_ref(), "nothing changed: nothing to write");
+        let writable = desired(&reg, None, None, Some(&observed(true)), now(60));
+        assert_eq!(get(&writable, STORAGE_HEALTHY).status, "True");
+        assert_eq!(get(&writable, STORAGE_HEALTHY).last_transition_time, now(60));
+    }
+
+    #[test]
+    fn steps_that_did_not_run_keep_what_the_status_said() {
+        let mut reg = registry();
+        let observed = Observed { report: Some(report(1, Some(100), Some(50))), health: Some(health(false)) };
+        reg.status = Some(desired(&reg, None, None, Some(&observed), now(1)));
+        let failed = desired(&reg, None, Some("the API server is gone"), None, now(9));
+        assert_eq!(types(&failed), [READY, PROGRESSING, DEGRADED, STORAGE_PRESSURE, STORAGE_HEALTHY]);
+        for t in [STORAGE_PRESSURE, STORAGE_HEALTHY] {
+            assert_eq!(get(&failed, t), get(reg.status.as_ref().unwrap(), t), "{t} changed");
+        }
+        assert_eq!(failed.usage.as_ref().unwrap().bytes, 1);
+        // Steps that ran and found nothing clear it all.
+        let cleared = desired(&reg, None, None, Some(&Observed::default()), now(9));
+        assert_eq!(types(&cleared), [READY, PROGRESSING, DEGRADED]);
+        assert!(cleared.usage.is_none());
     }
 
     #[test]

@@ -1,20 +1,22 @@
 //! The storage lifecycle step of a reconcile: tell the registry which images
 //! pods use (so its collector keeps them) and when to collect, let it write its
-//! report, and read that report back for the status.
+//! report and its storage probe's answer, and read both back for the status.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use berth_crds::Registry;
-use berth_registry::report::{REPORT_KEY, Report};
+use berth_registry::report::{HEALTH_KEY, REPORT_KEY};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 
 use super::{Change, Context, apply_if_changed};
 use crate::error::{Error, Result};
+use crate::status::Observed;
 use crate::{images, resources};
 
 /// How long a reconcile waits for the first complete list of Pods. Until then
@@ -65,12 +67,13 @@ impl Context {
 }
 
 /// Applies the requests and report ConfigMaps and the registry's Role and
-/// RoleBinding; returns the registry's last report, if it wrote a readable one.
+/// RoleBinding; returns the registry's last report and storage health, each
+/// if it wrote a readable one.
 pub(super) async fn apply(
     ctx: &Context,
     reg: &Registry,
     changes: &mut Vec<(&'static str, Change)>,
-) -> Result<Option<Report>> {
+) -> Result<Observed> {
     let namespace = reg.namespace().unwrap_or_default();
     let client = ctx.client.clone();
     let service = Api::<Service>::namespaced(client.clone(), &namespace).get_opt(&reg.name_any()).await?;
@@ -87,19 +90,23 @@ pub(super) async fn apply(
     let bindings = Api::<RoleBinding>::namespaced(client, &namespace);
     changes.push(("RoleBinding", apply_if_changed(ctx, &bindings, resources::registry_role_binding(reg)).await?));
 
-    let usage = config_maps.get_opt(&resources::usage_name(reg)).await?;
-    Ok(usage.and_then(|cm| report(reg, &cm)))
+    let Some(usage) = config_maps.get_opt(&resources::usage_name(reg)).await? else {
+        return Ok(Observed::default());
+    };
+    Ok(Observed { report: read(reg, &usage, REPORT_KEY), health: read(reg, &usage, HEALTH_KEY) })
 }
 
-/// The report in `cm`; a malformed one is logged and ignored, since the
-/// registry writes it again after every collection.
-fn report(reg: &Registry, cm: &ConfigMap) -> Option<Report> {
-    let text = cm.data.as_ref()?.get(REPORT_KEY)?;
+/// The JSON document under `key` of the registry's ConfigMap `cm`. The
+/// registry is not trusted to write it well: a malformed one is logged and
+/// ignored, as if absent (the registry writes the report again after every
+/// collection, its health whenever its probe changes its answer).
+fn read<T: DeserializeOwned>(reg: &Registry, cm: &ConfigMap, key: &str) -> Option<T> {
+    let text = cm.data.as_ref()?.get(key)?;
     match serde_json::from_str(text) {
-        Ok(report) => Some(report),
+        Ok(value) => Some(value),
         Err(e) => {
             let name = cm.meta().name.as_deref().unwrap_or_default();
-            tracing::warn!(registry = %crate::status::display(reg), configmap = name, error = %e, "unreadable usage report");
+            tracing::warn!(registry = %crate::status::display(reg), configmap = name, key, error = %e, "unreadable document from the registry");
             None
         }
     }
