@@ -3,12 +3,13 @@
 //! writes status only when it changed. Idle means no writes at all.
 
 mod lifecycle;
+mod observe;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_crds::{Registry, RegistryStatus, RetentionPolicy, STORAGE_HEALTHY, STORAGE_PRESSURE};
+use berth_crds::{Registry, RegistryStatus, RetentionPolicy, SERVICE_MONITOR, STORAGE_HEALTHY, STORAGE_PRESSURE};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
@@ -165,7 +166,8 @@ where
     Ok(if existing.is_some() { Change::Updated } else { Change::Created })
 }
 
-/// Deletes `name` if it exists and `ours` says this Registry made it.
+/// Deletes `name` if it exists and `ours` says this Registry made it; one
+/// that goes meanwhile (the garbage collector was quicker) is as good.
 async fn remove_if_ours<K>(ctx: &Context, api: &Api<K>, name: &str, ours: impl Fn(&K) -> bool) -> Result<Change>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
@@ -173,8 +175,11 @@ where
     match api.get_opt(name).await? {
         Some(existing) if ours(&existing) => {
             ctx.metrics.writes.inc();
-            api.delete(name, &DeleteParams::default()).await?;
-            Ok(Change::Deleted)
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => Ok(Change::Deleted),
+                Err(kube::Error::Api(status)) if status.code == 404 => Ok(Change::Unchanged),
+                Err(e) => Err(e.into()),
+            }
         }
         _ => Ok(Change::Unchanged),
     }
@@ -304,7 +309,13 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
             let svc = Api::<Service>::namespaced(client.clone(), &namespace);
             changes.push(("Service", apply_if_changed(ctx, &svc, resources::service(reg)).await?));
             node_access(ctx, reg, &mut changes).await?;
-            lifecycle::apply(ctx, reg, &mut changes).await
+            let mut found = lifecycle::apply(ctx, reg, &mut changes).await?;
+            // Last: monitoring is optional, and a failure here (say, a ClusterRole
+            // from before ServiceMonitors) must not hold back the protected images.
+            let (change, monitor) = observe::service_monitor(ctx, reg).await?;
+            changes.push(("ServiceMonitor", change));
+            found.service_monitor = monitor;
+            Ok(found)
         };
         match steps.await {
             Ok(found) => observed = Some(found),
@@ -329,6 +340,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
     for (type_, bad, reason, action) in [
         (STORAGE_PRESSURE, "True", STORAGE_PRESSURE, "Storage"),
         (STORAGE_HEALTHY, "False", "StorageUnwritable", "Storage"),
+        (SERVICE_MONITOR, "False", "ServiceMonitorCRDNotInstalled", "ServiceMonitor"),
     ] {
         if let Some(c) = turned(reg, &status, type_, bad) {
             ctx.event(reg, EventType::Warning, reason, action, c.message.clone()).await;

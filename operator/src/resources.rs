@@ -29,7 +29,10 @@ pub use lifecycle::{
     registry_role_name, usage_config_map, usage_name,
 };
 mod observe;
-pub use observe::{METRICS_PATH, METRICS_PORT, METRICS_PORT_NAME, metrics_config, scrape_annotations};
+pub use observe::{
+    METRICS_PATH, METRICS_PORT, METRICS_PORT_NAME, metrics_config, scrape_annotations, service_monitor,
+    service_monitor_gvk, service_monitor_name,
+};
 mod storage;
 pub use storage::{disruption_budget, disruption_budget_name, storage_config, storage_status, wants_disruption_budget};
 

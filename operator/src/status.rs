@@ -1,7 +1,8 @@
 //! The Registry's status, computed from what the operator observed. Pure.
 
 use berth_crds::{
-    DEGRADED, PROGRESSING, READY, Registry, RegistryStatus, STORAGE_HEALTHY, STORAGE_PRESSURE, STORAGE_PRESSURE_PERCENT,
+    DEGRADED, PROGRESSING, READY, Registry, RegistryStatus, SERVICE_MONITOR, STORAGE_HEALTHY, STORAGE_PRESSURE,
+    STORAGE_PRESSURE_PERCENT,
 };
 use berth_registry::report::{Report, StorageHealth, Usage};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -11,6 +12,7 @@ use kube::ResourceExt;
 use crate::resources::{audience, endpoint, kubernetes_auth, storage_status};
 
 mod observe;
+pub use observe::ServiceMonitorState;
 
 /// What a reconcile's steps found out beyond the Deployment.
 #[derive(Debug, Default)]
@@ -19,6 +21,8 @@ pub struct Observed {
     pub report: Option<Report>,
     /// The registry's storage probe, if it reported a readable one.
     pub health: Option<StorageHealth>,
+    /// The ServiceMonitor, while one is asked for.
+    pub service_monitor: Option<ServiceMonitorState>,
 }
 
 fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>, now: &Time) -> Condition {
@@ -35,7 +39,8 @@ fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: O
 /// The status for `reg`, given its Deployment (if any), a problem that stops
 /// the operator (if any) and what the reconcile's steps found out: `None` when
 /// they did not run (a problem stopped them, or one failed), and then the
-/// status keeps what it said of the report and the storage probe. Conditions whose status did not change keep their
+/// status keeps what it said of the report, the storage probe and the
+/// ServiceMonitor. Conditions whose status did not change keep their
 /// `lastTransitionTime`, so an unchanged world yields an identical status.
 pub fn desired(
     reg: &Registry,
@@ -89,8 +94,13 @@ pub fn desired(
     conditions.extend(on_volume.map(|r| storage_pressure(&r.usage, generation, &now)));
     let previous = reg.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     match observed {
-        Some(o) => conditions.extend(o.health.as_ref().map(|h| observe::storage_healthy(h, generation, &now))),
-        None => conditions.extend(previous.iter().filter(|c| c.type_ == STORAGE_HEALTHY).cloned()),
+        Some(o) => {
+            conditions.extend(o.health.as_ref().map(|h| observe::storage_healthy(h, generation, &now)));
+            conditions.extend(o.service_monitor.as_ref().map(|m| observe::service_monitor(m, generation, &now)));
+        }
+        None => conditions.extend(
+            previous.iter().filter(|c| [STORAGE_HEALTHY, SERVICE_MONITOR].contains(&c.type_.as_str())).cloned(),
+        ),
     }
     let conditions = conditions
         .into_iter()
@@ -327,38 +337,55 @@ mod tests {
     }
 
     #[test]
-    fn storage_health_appears_only_when_the_registry_reported_it() {
+    fn storage_health_and_service_monitor_conditions_appear_only_when_there_is_something_to_say() {
         let nothing = desired(&registry(), None, None, Some(&Observed::default()), now(1));
         assert_eq!(types(&nothing), [READY, PROGRESSING, DEGRADED]);
 
-        let observed = Observed { health: Some(health(false)), ..Default::default() };
+        let observed = Observed {
+            health: Some(health(false)),
+            service_monitor: Some(ServiceMonitorState::CrdNotInstalled),
+            ..Default::default()
+        };
         let s = desired(&registry(), None, None, Some(&observed), now(1));
-        assert_eq!(types(&s), [READY, PROGRESSING, DEGRADED, STORAGE_HEALTHY]);
+        assert_eq!(types(&s), [READY, PROGRESSING, DEGRADED, STORAGE_HEALTHY, SERVICE_MONITOR]);
         let healthy = get(&s, STORAGE_HEALTHY);
         assert_eq!((healthy.status.as_str(), healthy.reason.as_str()), ("False", "Unwritable"));
         assert!(healthy.message.ends_with("disk on fire"), "{}", healthy.message);
+        assert_eq!(get(&s, SERVICE_MONITOR).reason, "CRDNotInstalled");
+        assert_eq!(get(&s, DEGRADED).status, "False", "a missing CRD is not a failure of the operator");
     }
 
     #[test]
-    fn the_same_health_gives_the_same_status_and_a_change_a_new_transition() {
+    fn the_same_observations_give_the_same_status_and_a_change_a_new_transition() {
         let mut reg = registry();
-        let observed = |writable| Observed { health: Some(health(writable)), ..Default::default() };
-        reg.status = Some(desired(&reg, None, None, Some(&observed(false)), now(1)));
-        let again = desired(&reg, None, None, Some(&observed(false)), now(50));
+        let monitor =
+            |state| Observed { health: Some(health(true)), service_monitor: Some(state), ..Default::default() };
+        reg.status = Some(desired(&reg, None, None, Some(&monitor(ServiceMonitorState::CrdNotInstalled)), now(1)));
+        let again = desired(&reg, None, None, Some(&monitor(ServiceMonitorState::CrdNotInstalled)), now(50));
         assert_eq!(Some(&again), reg.status.as_ref(), "nothing changed: nothing to write");
-        let writable = desired(&reg, None, None, Some(&observed(true)), now(60));
-        assert_eq!(get(&writable, STORAGE_HEALTHY).status, "True");
-        assert_eq!(get(&writable, STORAGE_HEALTHY).last_transition_time, now(60));
+        let applied = desired(&reg, None, None, Some(&monitor(ServiceMonitorState::Applied("r".into()))), now(60));
+        assert_eq!(get(&applied, SERVICE_MONITOR).status, "True");
+        assert_eq!(get(&applied, SERVICE_MONITOR).last_transition_time, now(60));
+        assert_eq!(get(&applied, STORAGE_HEALTHY).last_transition_time, now(1));
+        // Switched off: the condition goes.
+        reg.status = Some(applied);
+        let off =
+            desired(&reg, None, None, Some(&Observed { health: Some(health(true)), ..Default::default() }), now(70));
+        assert!(!types(&off).contains(&SERVICE_MONITOR), "{:?}", types(&off));
     }
 
     #[test]
     fn steps_that_did_not_run_keep_what_the_status_said() {
         let mut reg = registry();
-        let observed = Observed { report: Some(report(1, Some(100), Some(50))), health: Some(health(false)) };
+        let observed = Observed {
+            report: Some(report(1, Some(100), Some(50))),
+            health: Some(health(false)),
+            service_monitor: Some(ServiceMonitorState::Applied("r".into())),
+        };
         reg.status = Some(desired(&reg, None, None, Some(&observed), now(1)));
         let failed = desired(&reg, None, Some("the API server is gone"), None, now(9));
-        assert_eq!(types(&failed), [READY, PROGRESSING, DEGRADED, STORAGE_PRESSURE, STORAGE_HEALTHY]);
-        for t in [STORAGE_PRESSURE, STORAGE_HEALTHY] {
+        assert_eq!(types(&failed), [READY, PROGRESSING, DEGRADED, STORAGE_PRESSURE, STORAGE_HEALTHY, SERVICE_MONITOR]);
+        for t in [STORAGE_PRESSURE, STORAGE_HEALTHY, SERVICE_MONITOR] {
             assert_eq!(get(&failed, t), get(reg.status.as_ref().unwrap(), t), "{t} changed");
         }
         assert_eq!(failed.usage.as_ref().unwrap().bytes, 1);

@@ -93,7 +93,7 @@ pub(super) async fn apply(
     let Some(usage) = config_maps.get_opt(&resources::usage_name(reg)).await? else {
         return Ok(Observed::default());
     };
-    Ok(Observed { report: read(reg, &usage, REPORT_KEY), health: read(reg, &usage, HEALTH_KEY) })
+    Ok(Observed { report: read(reg, &usage, REPORT_KEY), health: read(reg, &usage, HEALTH_KEY), service_monitor: None })
 }
 
 /// The JSON document under `key` of the registry's ConfigMap `cm`. The

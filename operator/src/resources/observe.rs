@@ -1,6 +1,7 @@
 //! Observability: the registry's `metrics` section, its plain-HTTP port
 //! `metrics` (metrics, `/healthz`, `/readyz`), the probes on it, the scrape
-//! annotations. Pure, like the rest of [`crate::resources`].
+//! annotations and the prometheus-operator ServiceMonitor. Pure, like the rest
+//! of [`crate::resources`].
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,10 @@ use berth_crds::Registry;
 use berth_registry::config::MetricsConfig;
 use k8s_openapi::api::core::v1::{ContainerPort, HTTPGetAction, Probe, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+
+use super::{labels, owner};
 
 /// Where the registry serves its metrics, `/healthz` and `/readyz`, in plain
 /// HTTP: probes and scrapers need neither its certificate nor credentials,
@@ -75,6 +80,41 @@ pub fn scrape_annotations(reg: &Registry) -> BTreeMap<String, String> {
         ("prometheus.io/port".to_owned(), METRICS_PORT.to_string()),
         ("prometheus.io/path".to_owned(), METRICS_PATH.to_owned()),
     ])
+}
+
+/// The ServiceMonitor kind, which the API server serves only once
+/// prometheus-operator's CRDs are installed.
+pub fn service_monitor_gvk() -> GroupVersionKind {
+    GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor")
+}
+
+/// Named like the Registry.
+pub fn service_monitor_name(reg: &Registry) -> String {
+    reg.name_any()
+}
+
+/// A ServiceMonitor, of the kind discovered as `resource`, owned by the
+/// Registry, selecting its Service by the Service's labels and scraping the
+/// `metrics` port. The Registry's `labels` are added to its own labels (theirs
+/// win: they only serve a Prometheus's `serviceMonitorSelector`).
+pub fn service_monitor(reg: &Registry, resource: &ApiResource) -> DynamicObject {
+    let spec = &reg.spec.monitoring.service_monitor;
+    let mut own_labels = labels(reg);
+    own_labels.extend(spec.labels.clone());
+    let mut endpoint = serde_json::json!({"port": METRICS_PORT_NAME, "path": METRICS_PATH});
+    if let Some(interval) = &spec.interval {
+        endpoint["interval"] = interval.clone().into();
+    }
+    let mut monitor = DynamicObject::new(&service_monitor_name(reg), resource).data(serde_json::json!({
+        "spec": {
+            "selector": {"matchLabels": labels(reg)},
+            "endpoints": [endpoint],
+        }
+    }));
+    monitor.metadata.namespace = reg.namespace();
+    monitor.metadata.labels = Some(own_labels);
+    monitor.metadata.owner_references = Some(vec![owner(reg)]);
+    monitor
 }
 
 #[cfg(test)]

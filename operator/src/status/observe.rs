@@ -1,7 +1,8 @@
 //! The conditions about what the registry tells of itself: `StorageHealthy`
-//! from its storage probe. Pure.
+//! from its storage probe, `ServiceMonitor` from the operator's attempt to
+//! have it scraped. Pure.
 
-use berth_crds::STORAGE_HEALTHY;
+use berth_crds::{SERVICE_MONITOR, STORAGE_HEALTHY};
 use berth_registry::report::StorageHealth;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -10,6 +11,39 @@ use super::condition;
 /// The registry's words are copied into the status: bounded, since it is not
 /// trusted to keep them short.
 const MAX_MESSAGE: usize = 1024;
+
+/// What became of the ServiceMonitor asked for in `spec.monitoring.serviceMonitor`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceMonitorState {
+    /// Applied (or already as wanted), under this name.
+    Applied(String),
+    /// The API server does not serve `monitoring.coreos.com/v1` ServiceMonitor.
+    CrdNotInstalled,
+}
+
+pub fn service_monitor(state: &ServiceMonitorState, generation: Option<i64>, now: &Time) -> Condition {
+    match state {
+        ServiceMonitorState::Applied(name) => condition(
+            SERVICE_MONITOR,
+            true,
+            "Applied",
+            format!("ServiceMonitor {name} selects the registry's Service, port metrics"),
+            generation,
+            now,
+        ),
+        ServiceMonitorState::CrdNotInstalled => condition(
+            SERVICE_MONITOR,
+            false,
+            "CRDNotInstalled",
+            "spec.monitoring.serviceMonitor is enabled, but the API server does not serve \
+             monitoring.coreos.com/v1 ServiceMonitor: install prometheus-operator's CRDs \
+             (servicemonitors.monitoring.coreos.com); the ServiceMonitor is created at the next reconcile"
+                .into(),
+            generation,
+            now,
+        ),
+    }
+}
 
 /// True/`Writable` or False/`Unwritable` with the registry's message and the
 /// pod that probed.
@@ -74,5 +108,16 @@ mod tests {
         let said = c.message.strip_prefix("the registry cannot write its storage: ").unwrap();
         assert_eq!(said.len(), MAX_MESSAGE);
         assert!(said.chars().all(|ch| ch == 'é'));
+    }
+
+    #[test]
+    fn service_monitor_conditions() {
+        let applied = service_monitor(&ServiceMonitorState::Applied("cache".into()), Some(2), &now());
+        assert_eq!((applied.status.as_str(), applied.reason.as_str()), ("True", "Applied"));
+        assert!(applied.message.contains("ServiceMonitor cache"));
+        let missing = service_monitor(&ServiceMonitorState::CrdNotInstalled, Some(2), &now());
+        assert_eq!((missing.type_.as_str(), missing.status.as_str()), ("ServiceMonitor", "False"));
+        assert_eq!(missing.reason, "CRDNotInstalled");
+        assert!(missing.message.contains("install prometheus-operator's CRDs"), "{}", missing.message);
     }
 }

@@ -1,5 +1,6 @@
 use berth_registry::config::Config;
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
+use kube::api::ApiResource;
 
 use super::*;
 use crate::resources::tests::registry;
@@ -15,6 +16,11 @@ fn container(reg: &Registry) -> Container {
 
 fn annotations(reg: &Registry) -> BTreeMap<String, String> {
     template(reg).metadata.unwrap().annotations.unwrap()
+}
+
+/// As discovery would find it.
+fn service_monitors() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&service_monitor_gvk(), "servicemonitors")
 }
 
 #[test]
@@ -75,4 +81,42 @@ fn pod_annotations_win_over_scrape_annotations_but_not_over_the_config_hash() {
     assert_eq!(a["prometheus.io/port"], "9464");
     assert_eq!(a["team"], "a");
     assert_ne!(a[CONFIG_HASH], "forged");
+}
+
+#[test]
+fn the_service_monitor_selects_the_service_and_scrapes_its_metrics_port() {
+    let reg = registry("monitoring: {serviceMonitor: {enabled: true}}");
+    let sm = service_monitor(&reg, &service_monitors());
+    let types = sm.types.as_ref().unwrap();
+    assert_eq!((types.api_version.as_str(), types.kind.as_str()), ("monitoring.coreos.com/v1", "ServiceMonitor"));
+    assert_eq!(sm.metadata.name.as_deref(), Some("cache"));
+    assert_eq!(sm.metadata.namespace.as_deref(), Some("team"));
+    let owner = &sm.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("Registry", "cache", "uid-1"));
+    assert_eq!(owner.controller, Some(true));
+
+    let svc = service(&reg);
+    let selector = &sm.data["spec"]["selector"]["matchLabels"];
+    assert_eq!(selector, &serde_json::to_value(svc.metadata.labels.as_ref().unwrap()).unwrap());
+    let endpoints = sm.data["spec"]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0], serde_json::json!({"port": "metrics", "path": "/metrics"}), "no interval: Prometheus's");
+    let port_names: Vec<_> = svc.spec.unwrap().ports.unwrap().into_iter().filter_map(|p| p.name).collect();
+    assert!(port_names.contains(&"metrics".to_owned()), "the Service has no port {:?}", endpoints[0]["port"]);
+    assert_eq!(sm.metadata.labels.as_ref(), svc.metadata.labels.as_ref(), "no extra labels asked for");
+}
+
+#[test]
+fn the_service_monitor_carries_the_interval_and_labels_asked_for() {
+    let reg = registry(
+        "monitoring: {serviceMonitor: {enabled: true, interval: 15s, labels: {release: prom, app.kubernetes.io/name: mine}}}",
+    );
+    let sm = service_monitor(&reg, &service_monitors());
+    assert_eq!(sm.data["spec"]["endpoints"][0]["interval"], "15s");
+    let labels = sm.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["release"], "prom");
+    assert_eq!(labels["app.kubernetes.io/name"], "mine", "the Registry's labels win on the ServiceMonitor");
+    assert_eq!(labels["app.kubernetes.io/instance"], "cache");
+    // The selector is the Service's, whatever the ServiceMonitor's own labels say.
+    assert_eq!(sm.data["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"], "berth-registry");
 }
