@@ -110,6 +110,9 @@ pub async fn run(ctx: Arc<Context>) {
         .await;
 }
 
+/// One span per reconcile, named by the Registry, so its API calls, logs and
+/// (once exported) traces can be told apart from other Registries'.
+#[tracing::instrument(skip_all, fields(namespace = reg.namespace().unwrap_or_default(), name = reg.name_any()))]
 pub async fn reconcile(reg: Arc<Registry>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.start();
     let namespace = reg.namespace().ok_or_else(|| Error::Invalid("a Registry is namespaced".into()))?;
