@@ -3,8 +3,9 @@
 # manifests` renders (--write regenerates it), every manifest passes a server-side
 # dry run, install.yaml and the examples really apply, and the operator, running
 # with a token of the ServiceAccount from manifests/rbac.yaml, reconciles the
-# examples (the registries' ServiceAccounts, token-review bindings and disruption
-# budgets included), so a missing permission fails here.
+# examples (the registries' ServiceAccounts, token-review bindings, disruption
+# budgets and, with prometheus-operator's CRD installed, the ServiceMonitor
+# included), so a missing permission fails here.
 set -euo pipefail
 # shellcheck source=tests/lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
@@ -41,6 +42,13 @@ install_applies() {
 }
 check "install.yaml applies" install_applies
 
+# prometheus-operator's real ServiceMonitor CRD, for manifests/examples/monitoring.yaml.
+servicemonitors_served() {
+  kubectl apply --server-side -f "$(servicemonitor_crd)" >/dev/null &&
+    kubectl wait --for=condition=Established crd/servicemonitors.monitoring.coreos.com --timeout=30s >/dev/null
+}
+check "prometheus-operator's ServiceMonitor CRD applies" servicemonitors_served
+
 dry_runs() {
   local f ok=0
   kubectl apply --server-side --dry-run=server -k manifests >/dev/null || { echo "dry run failed: -k manifests"; ok=1; }
@@ -72,7 +80,7 @@ operator_pid=$!
 examples_reconcile() {
   kubectl apply --server-side -f manifests/examples/ >/dev/null || return 1
   local name
-  for name in registry images local objects; do
+  for name in registry images local objects watched; do
     for _ in $(seq 1 120); do
       [ -n "$(kubectl -n default get registry "$name" -o jsonpath='{.status.endpoint}' 2>/dev/null)" ] &&
         kubectl -n default get deployment "$name" >/dev/null 2>&1 && continue 2
@@ -81,7 +89,7 @@ examples_reconcile() {
     echo "Registry $name was not reconciled; operator log:"; tail -20 "$work/operator.log"
     return 1
   done
-  for name in registry images local objects; do
+  for name in registry images local objects watched; do
     kubectl -n default get serviceaccount "$name-registry" >/dev/null || return 1
     [ "$(kubectl get clusterrolebinding "berth:registry:default:$name" -o jsonpath='{.roleRef.name}')" = system:auth-delegator ] ||
       return 1
@@ -94,6 +102,7 @@ examples_reconcile() {
     kubectl -n default get daemonset local-node-access >/dev/null &&
     kubectl -n kube-public get configmap local-registry-hosting >/dev/null &&
     kubectl -n berth-system get lease berth-operator >/dev/null &&
+    [ "$(kubectl -n default get servicemonitors.monitoring.coreos.com watched -o jsonpath='{.spec.endpoints[0].port}')" = metrics ] &&
     ! grep -qi forbidden "$work/operator.log"
 }
 check "the operator reconciles the examples under its ServiceAccount" examples_reconcile

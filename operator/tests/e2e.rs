@@ -1159,3 +1159,190 @@ fn pods_keep_their_images_through_a_collection() {
     assert_eq!(reg.manifest("app", &v2), 200, "v2 went while a Pod names it");
     assert_eq!(reg.blob("app", &v2_layer_digest), (200, v2_layer));
 }
+
+/// Registry `watched` once its condition StorageHealthy has `status`.
+fn with_storage_healthy(cp: &ControlPlane, status: &str) -> Option<Value> {
+    json(cp, &["get", "registry", "watched"]).filter(|r| condition(r, "StorageHealthy").is_some_and(|c| c.0 == status))
+}
+
+/// prometheus-operator's ServiceMonitors, as kubectl names them.
+const SERVICE_MONITORS: &str = "servicemonitors.monitoring.coreos.com";
+
+/// The reason of condition `type_`.
+fn reason(reg: &Value, type_: &str) -> Option<String> {
+    let conditions = reg["status"]["conditions"].as_array()?;
+    conditions.iter().find(|c| c["type"] == type_).and_then(|c| c["reason"].as_str()).map(str::to_owned)
+}
+
+/// True once a Warning event with `reason` is recorded for Registry `name`.
+fn warned(cp: &ControlPlane, name: &str, reason: &str) -> bool {
+    eventually(15, || {
+        let selector = format!("involvedObject.name={name},type=Warning");
+        let events = json(cp, &["get", "events", "--field-selector", &selector])?;
+        events["items"].as_array()?.iter().any(|e| e["reason"] == reason).then_some(())
+    })
+    .is_some()
+}
+
+/// Observability under the operator. The registry's metrics port and probes
+/// as the API server stores them; a ServiceMonitor asked for before
+/// prometheus-operator's CRDs exist (the real CRD of a pinned release) is
+/// reported as such, then created once they do, owned by the Registry and
+/// selecting its Service's metrics port, without writes while idle, and
+/// deleted when switched off; the storage probe's answer, written into the
+/// report ConfigMap as the registry does with its own account, becomes the
+/// condition StorageHealthy.
+#[test]
+fn monitoring_and_storage_health() {
+    let (cp, op) = setup();
+    let crd = berth_testcontrolplane::service_monitor_crd();
+    // An interval prometheus-operator would refuse is refused at once, with a message.
+    let out = cp.kubectl_with_input(
+        &["apply", "-f", "-"],
+        &registry("bad", "{monitoring: {serviceMonitor: {enabled: true, interval: 'half a minute'}}}"),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be a Prometheus duration such as 30s"));
+
+    cp.apply(&registry(
+        "watched",
+        "{monitoring: {serviceMonitor: {enabled: true, interval: 15s, labels: {release: prom}}}}",
+    ));
+    let reg = eventually(60, || {
+        json(&cp, &["get", "registry", "watched"]).filter(|r| condition(r, "ServiceMonitor").is_some())
+    })
+    .expect("no ServiceMonitor condition");
+    let uid = reg["metadata"]["uid"].as_str().unwrap().to_owned();
+    let (status, message) = condition(&reg, "ServiceMonitor").unwrap();
+    assert_eq!((status.as_str(), reason(&reg, "ServiceMonitor").as_deref()), ("False", Some("CRDNotInstalled")));
+    assert!(message.contains("install prometheus-operator's CRDs"), "{message}");
+    assert_eq!(condition(&reg, "Degraded").unwrap().0, "False", "a missing CRD is not a failure");
+    assert!(warned(&cp, "watched", "ServiceMonitorCRDNotInstalled"), "no Warning about the missing CRD");
+    assert!(condition(&reg, "StorageHealthy").is_none(), "no condition before the registry reports");
+
+    // The metrics port and the probes on it, as stored.
+    let d = wait_for(&cp, &["get", "deployment", "watched"]);
+    let template = &d["spec"]["template"];
+    let container = &template["spec"]["containers"][0];
+    assert!(
+        container["ports"].as_array().unwrap().iter().any(|p| p["name"] == "metrics" && p["containerPort"] == 9464)
+    );
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!((&get["path"], &get["port"], &get["scheme"]), (&path.into(), &"metrics".into(), &"HTTP".into()));
+    }
+    assert_eq!(template["metadata"]["annotations"]["prometheus.io/scrape"], "true");
+    assert_eq!(template["metadata"]["annotations"]["prometheus.io/port"], "9464");
+    let svc = json(&cp, &["get", "service", "watched"]).unwrap();
+    let metrics = svc["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == "metrics").cloned();
+    let metrics = metrics.expect("the Service has no metrics port");
+    assert_eq!((&metrics["port"], &metrics["targetPort"]), (&9464.into(), &"metrics".into()));
+    let config = wait_for(&cp, &["get", "configmap", "watched-config"]);
+    let config = berth_registry::Config::from_yaml(config["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(config.metrics.listen.as_deref(), Some("0.0.0.0:9464"));
+
+    // The real CRD; the CRD's interval rule is its pattern.
+    cp.kubectl_ok(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
+    cp.kubectl_ok(&["wait", "--for=condition=Established", &format!("crd/{SERVICE_MONITORS}"), "--timeout=30s"]);
+    let installed = json(&cp, &["get", "crd", SERVICE_MONITORS]).unwrap();
+    let endpoint = &installed["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["endpoints"]
+        ["items"]["properties"];
+    let pattern = endpoint["interval"]["pattern"].as_str().expect("the CRD's interval pattern");
+    assert!(berth_crds::INTERVAL_RULE.contains(&format!("'{pattern}'")), "{pattern} is not the CRD's rule");
+
+    // The next reconcile creates it: the periodic resync would, within 5 minutes;
+    // touching an owned object reconciles now.
+    cp.kubectl_ok(&["label", "service", "watched", "poke=1"]);
+    let sm = eventually(30, || json(&cp, &["get", SERVICE_MONITORS, "watched"]))
+        .expect("no ServiceMonitor after the CRD was installed");
+    let owner = &sm["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (&owner["kind"], &owner["uid"], &owner["controller"]),
+        (&"Registry".into(), &uid.as_str().into(), &true.into())
+    );
+    assert_eq!(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"], "it does not select the Service");
+    assert_eq!(
+        sm["spec"]["endpoints"],
+        serde_json::json!([{"port": "metrics", "path": "/metrics", "interval": "15s"}])
+    );
+    assert_eq!(sm["metadata"]["labels"]["release"], "prom");
+    let applied = eventually(30, || {
+        json(&cp, &["get", "registry", "watched"])
+            .filter(|r| condition(r, "ServiceMonitor").is_some_and(|c| c.0 == "True"))
+    });
+    assert_eq!(
+        reason(&applied.expect("the condition never turned True"), "ServiceMonitor").as_deref(),
+        Some("Applied")
+    );
+
+    // Idle with a ServiceMonitor: a reconcile that finds it as wanted writes nothing.
+    let stable = eventually(60, || {
+        let before = op.metric("berth_operator_api_writes_total")?;
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        (op.metric("berth_operator_api_writes_total")? == before).then_some(before)
+    })
+    .expect("the operator kept writing");
+    let reconciles = op.metric("berth_operator_reconciliations_total").unwrap();
+    cp.kubectl_ok(&["label", "service", "watched", "poke=2", "--overwrite"]);
+    assert!(
+        eventually(30, || (op.metric("berth_operator_reconciliations_total")? > reconciles).then_some(())).is_some()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(op.metric("berth_operator_api_writes_total"), Some(stable), "writes while idle");
+
+    // Switched off: deleted, and the condition goes.
+    cp.kubectl_ok(&[
+        "patch",
+        "registry",
+        "watched",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"monitoring":{"serviceMonitor":{"enabled":false}}}}"#,
+    ]);
+    assert!(
+        eventually(30, || json(&cp, &["get", SERVICE_MONITORS, "watched"]).is_none().then_some(())).is_some(),
+        "the ServiceMonitor outlived its switch"
+    );
+    let gone = eventually(30, || {
+        json(&cp, &["get", "registry", "watched"]).filter(|r| condition(r, "ServiceMonitor").is_none())
+    });
+    assert!(gone.is_some(), "the ServiceMonitor condition stayed");
+
+    // The storage probe's answer, written as the registry does: a server-side
+    // apply of key health.json, under a field manager of its own, with a token
+    // of its ServiceAccount.
+    let token = cp.kubectl_ok(&["create", "token", "watched-registry", "--duration", "10m"]).trim().to_owned();
+    let write_health = |health: &str| {
+        let doc = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "watched-usage", "namespace": "default"},
+            "data": {"health.json": health},
+        });
+        let args = ["--token", &token, "apply", "--server-side", "--force-conflicts", "-f", "-"];
+        let out = cp
+            .kubectl_with_input(&[&args[..], &["--field-manager", "berth-registry-health"]].concat(), &doc.to_string());
+        assert!(out.status.success(), "the registry's account cannot write: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    write_health(
+        &serde_json::json!({"writable": false, "message": "probe write: read-only file system",
+                            "since": "2026-11-29T10:00:00Z", "pod": "watched-5d8f"})
+        .to_string(),
+    );
+    let reg = eventually(15, || with_storage_healthy(&cp, "False")).expect("StorageHealthy never turned False");
+    let message = condition(&reg, "StorageHealthy").unwrap().1;
+    assert!(message.contains("probe write: read-only file system") && message.contains("watched-5d8f"), "{message}");
+    assert_eq!(reason(&reg, "StorageHealthy").as_deref(), Some("Unwritable"));
+    assert!(warned(&cp, "watched", "StorageUnwritable"), "no Warning about the unwritable storage");
+    write_health(
+        &serde_json::json!({"writable": true, "since": "2026-11-29T10:05:00Z", "pod": "watched-5d8f"}).to_string(),
+    );
+    let reg = eventually(15, || with_storage_healthy(&cp, "True")).expect("StorageHealthy never turned True");
+    assert_eq!(reason(&reg, "StorageHealthy").as_deref(), Some("Writable"));
+    // A malformed answer is ignored: no condition, and no failure.
+    write_health("{\"writable\": tru");
+    let reg = eventually(15, || {
+        json(&cp, &["get", "registry", "watched"]).filter(|r| condition(r, "StorageHealthy").is_none())
+    })
+    .expect("a malformed health.json left the condition");
+    assert_eq!(condition(&reg, "Degraded").unwrap().0, "False");
+}

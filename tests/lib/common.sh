@@ -140,3 +140,26 @@ s3_storage_yaml() {
   printf 'storage: {s3: {bucket: berth, endpoint: "%s", prefix: "%s", credentialsDir: "%s"}}\n' \
     "$MINIO_ENDPOINT" "$(basename "$prefix")" "$creds"
 }
+
+# prometheus-operator's ServiceMonitor CRD, for the operator's monitoring tests. Pinned;
+# the module comes from the Go module proxy (checked against the Go checksum database),
+# and only the one file is kept, in the cache.
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
+
+# servicemonitor_crd: prints the path of monitoring.coreos.com_servicemonitors.yaml,
+# fetching it on first use.
+servicemonitor_crd() {
+  local dir="$BERTH_CACHE/crds/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+  local file=monitoring.coreos.com_servicemonitors.yaml module
+  if [ ! -s "$dir/$file" ]; then
+    echo "fetching prometheus-operator $PROMETHEUS_OPERATOR_VERSION's ServiceMonitor CRD" >&2
+    # Outside any module, so no go.mod around is consulted or changed.
+    module=$(cd / && GOFLAGS=-mod=mod go mod download -json \
+      "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
+      python3 -c 'import json, sys; m = json.load(sys.stdin); print(m.get("Dir") or sys.exit(m.get("Error", "no Dir")))') ||
+      return 1
+    mkdir -p "$dir"
+    install -m 0644 "$module/example/prometheus-operator-crd/$file" "$dir/$file.tmp" && mv "$dir/$file.tmp" "$dir/$file"
+  fi
+  echo "$dir/$file"
+}

@@ -184,3 +184,24 @@ pub fn minio_binary() -> PathBuf {
     assert!(minio.is_file(), "needs MinIO: run tests/run, or set BERTH_MINIO to a minio binary");
     minio
 }
+
+/// prometheus-operator's ServiceMonitor CRD (pinned in `tests/lib/common.sh`,
+/// fetched from the Go module proxy into `~/.cache/berth` on first use):
+/// `$BERTH_SERVICEMONITOR_CRD`, else what `servicemonitor_crd` there prints.
+pub fn service_monitor_crd() -> PathBuf {
+    if let Some(path) = std::env::var_os("BERTH_SERVICEMONITOR_CRD") {
+        return PathBuf::from(path);
+    }
+    let common = scripts().join("../lib/common.sh");
+    let out = Command::new("bash")
+        .args(["-c", r#"source "$1" && servicemonitor_crd"#, "bash"])
+        .arg(&common)
+        .output()
+        .expect("running bash");
+    assert!(
+        out.status.success(),
+        "no ServiceMonitor CRD (needs Go and the Go module proxy): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
