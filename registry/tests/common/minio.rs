@@ -56,6 +56,7 @@ fn free_port() -> u16 {
 /// Starts MinIO from a thread that lives as long as the test process, so the
 /// parent-death signal (sent when the spawning thread ends) stops it with the tests.
 fn start() -> Minio {
+    remove_orphans();
     let dir = std::env::temp_dir().join(format!("berth-minio-{}", uuid_like()));
     std::fs::create_dir_all(dir.join("creds")).unwrap();
     std::fs::write(dir.join("creds/accessKeyId"), USER).unwrap();
@@ -90,6 +91,20 @@ fn start() -> Minio {
     wait_ready(&endpoint);
     make_bucket(&endpoint);
     Minio { endpoint, dir }
+}
+
+/// The data of servers whose test process is gone: a process cannot remove
+/// its own on exit (statics are never dropped), so each start sweeps up.
+fn remove_orphans() {
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix("berth-minio-").and_then(|rest| rest.split('-').next());
+        if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok())
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn wait_ready(endpoint: &str) {
