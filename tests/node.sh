@@ -207,7 +207,7 @@ check "lifecycle: the registry pod reports usage to the status, sees the running
   lifecycle_in_cluster
 
 # A second Registry with htpasswd users and TLS from Secrets: the Secret volumes
-# (nested in the config volume) reach the pod, the HTTPS probes pass, and skopeo
+# (nested in the config volume) reach the pod, its probes pass, and skopeo
 # pushes over HTTPS, trusting the test CA, as an htpasswd user only.
 refused_401() { # COMMAND...: fails, saying unauthorized
   if "$@" 2>"$work/refused.err"; then return 1; fi
@@ -256,7 +256,7 @@ htpasswd_and_tls() {
   for _ in $(seq 1 60); do [ -z "$(kubectl get pods -l app.kubernetes.io/instance=secure -o name)" ] && return $rc; sleep 1; done
   echo "the secure Registry's pods are still there"; return 1
 }
-check "a Registry with htpasswd and TLS Secrets: HTTPS probes pass, skopeo pushes over verified HTTPS as an htpasswd user" \
+check "a Registry with htpasswd and TLS Secrets: the pod gets ready, skopeo pushes over verified HTTPS as an htpasswd user" \
   htpasswd_and_tls
 
 registry_pod() { kubectl get pods -l app.kubernetes.io/instance=registry,!app.kubernetes.io/component -o 'jsonpath={.items[0].metadata.name}'; }
