@@ -311,6 +311,8 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
             changes.push(("PodDisruptionBudget", disruption_budget(ctx, reg).await?));
             let svc = Api::<Service>::namespaced(client.clone(), &namespace);
             changes.push(("Service", apply_if_changed(ctx, &svc, resources::service(reg)).await?));
+            // Beside it, not on it: the metrics port stays inside the cluster.
+            changes.push(("Service metrics", apply_if_changed(ctx, &svc, resources::metrics_service(reg)).await?));
             node_access(ctx, reg, &mut changes).await?;
             let mut found = lifecycle::apply(ctx, reg, &mut changes).await?;
             // Last: monitoring is optional, and a failure here (say, a ClusterRole

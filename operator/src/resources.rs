@@ -30,8 +30,8 @@ pub use lifecycle::{
 };
 mod observe;
 pub use observe::{
-    METRICS_PATH, METRICS_PORT, METRICS_PORT_NAME, metrics_config, scrape_annotations, service_monitor,
-    service_monitor_gvk, service_monitor_name,
+    METRICS_PATH, METRICS_PORT, METRICS_PORT_NAME, metrics_config, metrics_service, metrics_service_labels,
+    metrics_service_name, scrape_annotations, service_monitor, service_monitor_gvk, service_monitor_name,
 };
 mod storage;
 pub use storage::{disruption_budget, disruption_budget_name, storage_config, storage_status, wants_disruption_budget};
@@ -257,6 +257,8 @@ pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
     }
 }
 
+/// The registry's API, with the type the Registry asks for; its only port.
+/// The metrics port is never on it (see [`metrics_service`]).
 pub fn service(reg: &Registry) -> Service {
     let port = auth::port_name(reg);
     Service {
@@ -264,17 +266,13 @@ pub fn service(reg: &Registry) -> Service {
         spec: Some(ServiceSpec {
             type_: Some(reg.spec.service.type_.as_str().into()),
             selector: Some(labels(reg)),
-            ports: Some(vec![
-                ServicePort {
-                    name: Some(port.into()),
-                    port: reg.spec.service.port,
-                    target_port: Some(IntOrString::String(port.into())),
-                    app_protocol: reg.spec.tls.is_some().then(|| "https".into()),
-                    ..Default::default()
-                },
-                // What a ServiceMonitor scrapes.
-                observe::metrics_service_port(),
-            ]),
+            ports: Some(vec![ServicePort {
+                name: Some(port.into()),
+                port: reg.spec.service.port,
+                target_port: Some(IntOrString::String(port.into())),
+                app_protocol: reg.spec.tls.is_some().then(|| "https".into()),
+                ..Default::default()
+            }]),
             ..Default::default()
         }),
         ..Default::default()

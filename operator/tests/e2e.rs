@@ -97,7 +97,7 @@ fn registry_lifecycle() {
     let uid = reg["metadata"]["uid"].as_str().unwrap().to_owned();
 
     // Children, owned by the Registry; the claim only marked.
-    for kind in ["deployment/demo", "service/demo", "configmap/demo-config"] {
+    for kind in ["deployment/demo", "service/demo", "service/demo-metrics", "configmap/demo-config"] {
         let obj = json(&cp, &["get", kind]).unwrap();
         assert_eq!(obj["metadata"]["ownerReferences"][0]["uid"], uid.as_str(), "{kind} not owned");
     }
@@ -195,7 +195,7 @@ fn registry_lifecycle() {
 
     // Deleting keeps the claim (Retain), the owned objects are garbage-collected.
     cp.kubectl_ok(&["delete", "registry", "demo", "--wait=true", "--timeout=60s"]);
-    for kind in ["deployment/demo", "service/demo", "configmap/demo-config"] {
+    for kind in ["deployment/demo", "service/demo", "service/demo-metrics", "configmap/demo-config"] {
         assert!(eventually(60, || json(&cp, &["get", kind]).is_none().then_some(())).is_some(), "{kind} not collected");
     }
     assert!(json(&cp, &["get", "pvc", "demo-data"]).is_some(), "retained claim deleted");
@@ -435,6 +435,7 @@ fn access_control_and_tls() {
         (&"HTTP".into(), &"metrics".into(), &"/readyz".into())
     );
     let svc = json(&cp, &["get", "service", "secure"]).unwrap();
+    assert_eq!(svc["spec"]["ports"].as_array().unwrap().len(), 1, "only the registry's port: {svc}");
     assert_eq!(svc["spec"]["ports"][0]["appProtocol"], "https");
 
     // The account is the Registry's and mounts nothing by itself; the binding is marked.
@@ -1185,13 +1186,14 @@ fn warned(cp: &ControlPlane, name: &str, reason: &str) -> bool {
 }
 
 /// Observability under the operator. The registry's metrics port and probes
-/// as the API server stores them; a ServiceMonitor asked for before
-/// prometheus-operator's CRDs exist (the real CRD of a pinned release) is
-/// reported as such, then created once they do, owned by the Registry and
-/// selecting its Service's metrics port, without writes while idle, and
-/// deleted when switched off; the storage probe's answer, written into the
-/// report ConfigMap as the registry does with its own account, becomes the
-/// condition StorageHealthy.
+/// as the API server stores them, the port on a ClusterIP Service of its own
+/// while the Registry's Service is a NodePort with the registry's port only;
+/// a ServiceMonitor asked for before prometheus-operator's CRDs exist (the
+/// real CRD of a pinned release) is reported as such, then created once they
+/// do, owned by the Registry and selecting the metrics Service and not the
+/// main one, without writes while idle, and deleted when switched off; the
+/// storage probe's answer, written into the report ConfigMap as the registry
+/// does with its own account, becomes the condition StorageHealthy.
 #[test]
 fn monitoring_and_storage_health() {
     let (cp, op) = setup();
@@ -1205,7 +1207,7 @@ fn monitoring_and_storage_health() {
 
     cp.apply(&registry(
         "watched",
-        "{monitoring: {serviceMonitor: {enabled: true, interval: 15s, labels: {release: prom}}}}",
+        "{service: {type: NodePort}, monitoring: {serviceMonitor: {enabled: true, interval: 15s, labels: {release: prom}}}}",
     ));
     let reg = eventually(60, || {
         json(&cp, &["get", "registry", "watched"]).filter(|r| condition(r, "ServiceMonitor").is_some())
@@ -1232,10 +1234,24 @@ fn monitoring_and_storage_health() {
     }
     assert_eq!(template["metadata"]["annotations"]["prometheus.io/scrape"], "true");
     assert_eq!(template["metadata"]["annotations"]["prometheus.io/port"], "9464");
-    let svc = json(&cp, &["get", "service", "watched"]).unwrap();
-    let metrics = svc["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == "metrics").cloned();
-    let metrics = metrics.expect("the Service has no metrics port");
-    assert_eq!((&metrics["port"], &metrics["targetPort"]), (&9464.into(), &"metrics".into()));
+    // The NodePort Service takes the registry's port out of the cluster, and
+    // only that; the metrics port has a ClusterIP Service of its own.
+    let main = json(&cp, &["get", "service", "watched"]).unwrap();
+    assert_eq!(main["spec"]["type"], "NodePort");
+    let ports = main["spec"]["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1, "the main Service has more than the registry's port: {main}");
+    assert_eq!((&ports[0]["name"], &ports[0]["port"]), (&"http".into(), &5000.into()));
+    let svc = wait_for(&cp, &["get", "service", "watched-metrics"]);
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert_eq!(svc["metadata"]["ownerReferences"][0]["uid"], uid.as_str(), "the metrics Service is not owned");
+    assert_eq!(svc["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(svc["metadata"]["labels"]["app.kubernetes.io/component"], "metrics");
+    assert_eq!(svc["spec"]["selector"], main["spec"]["selector"], "not the registry's pods");
+    let ports = svc["spec"]["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1, "{svc}");
+    assert_eq!((&ports[0]["name"], &ports[0]["port"]), (&"metrics".into(), &9464.into()));
+    assert_eq!(ports[0]["targetPort"], "metrics");
+    assert!(ports[0]["nodePort"].is_null(), "{svc}");
     let config = wait_for(&cp, &["get", "configmap", "watched-config"]);
     let config = berth_registry::Config::from_yaml(config["data"]["config.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(config.metrics.listen.as_deref(), Some("0.0.0.0:9464"));
@@ -1259,7 +1275,12 @@ fn monitoring_and_storage_health() {
         (&owner["kind"], &owner["uid"], &owner["controller"]),
         (&"Registry".into(), &uid.as_str().into(), &true.into())
     );
-    assert_eq!(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"], "it does not select the Service");
+    let selects = |svc: &Value| {
+        let labels = &svc["metadata"]["labels"];
+        sm["spec"]["selector"]["matchLabels"].as_object().unwrap().iter().all(|(k, v)| &labels[k] == v)
+    };
+    assert!(selects(&svc), "it does not select the metrics Service: {sm}");
+    assert!(!selects(&main), "it selects the main Service too: {sm}");
     assert_eq!(
         sm["spec"]["endpoints"],
         serde_json::json!([{"port": "metrics", "path": "/metrics", "interval": "15s"}])

@@ -1,18 +1,19 @@
 //! Observability: the registry's `metrics` section, its plain-HTTP port
-//! `metrics` (metrics, `/healthz`, `/readyz`), the probes on it, the scrape
-//! annotations and the prometheus-operator ServiceMonitor. Pure, like the rest
-//! of [`crate::resources`].
+//! `metrics` (metrics, `/healthz`, `/readyz`), the probes on it, the ClusterIP
+//! Service `<name>-metrics` in front of it, the scrape annotations and the
+//! prometheus-operator ServiceMonitor. Pure, like the rest of
+//! [`crate::resources`].
 
 use std::collections::BTreeMap;
 
 use berth_crds::Registry;
 use berth_registry::config::MetricsConfig;
-use k8s_openapi::api::core::v1::{ContainerPort, HTTPGetAction, Probe, ServicePort};
+use k8s_openapi::api::core::v1::{ContainerPort, HTTPGetAction, Probe, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 
-use super::{labels, owner};
+use super::{labels, meta, owner};
 
 /// Where the registry serves its metrics, `/healthz` and `/readyz`, in plain
 /// HTTP: probes and scrapers need neither its certificate nor credentials,
@@ -22,6 +23,9 @@ pub const METRICS_PORT: i32 = 9464;
 /// Name of the container port and the Service port.
 pub const METRICS_PORT_NAME: &str = "metrics";
 pub const METRICS_PATH: &str = "/metrics";
+/// `app.kubernetes.io/component` of the metrics Service: what tells it apart
+/// from the main Service, which carries the Registry's labels only.
+pub const METRICS_COMPONENT: &str = "metrics";
 
 /// The registry's `metrics` section: always on, on its own port.
 pub fn metrics_config() -> MetricsConfig {
@@ -32,12 +36,42 @@ pub fn metrics_container_port() -> ContainerPort {
     ContainerPort { name: Some(METRICS_PORT_NAME.into()), container_port: METRICS_PORT, ..Default::default() }
 }
 
-pub fn metrics_service_port() -> ServicePort {
+fn metrics_service_port() -> ServicePort {
     ServicePort {
         name: Some(METRICS_PORT_NAME.into()),
         port: METRICS_PORT,
         target_port: Some(IntOrString::String(METRICS_PORT_NAME.into())),
         app_protocol: Some("http".into()),
+        ..Default::default()
+    }
+}
+
+pub fn metrics_service_name(reg: &Registry) -> String {
+    format!("{}-{METRICS_COMPONENT}", reg.name_any())
+}
+
+/// The metrics Service's labels: the Registry's, and the component.
+pub fn metrics_service_labels(reg: &Registry) -> BTreeMap<String, String> {
+    let mut labels = labels(reg);
+    labels.insert("app.kubernetes.io/component".into(), METRICS_COMPONENT.into());
+    labels
+}
+
+/// The Service in front of the metrics port, apart from the main Service and
+/// always ClusterIP: the port answers anyone in plain HTTP, so a NodePort or
+/// LoadBalancer Registry must not take it out of the cluster with its API.
+/// Selects the registry pods as the main Service does.
+pub fn metrics_service(reg: &Registry) -> Service {
+    let mut metadata = meta(reg, metrics_service_name(reg), true);
+    metadata.labels = Some(metrics_service_labels(reg));
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(labels(reg)),
+            ports: Some(vec![metrics_service_port()]),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -94,8 +128,8 @@ pub fn service_monitor_name(reg: &Registry) -> String {
 }
 
 /// A ServiceMonitor, of the kind discovered as `resource`, owned by the
-/// Registry, selecting its Service by the Service's labels and scraping the
-/// `metrics` port. The Registry's `labels` are added to its own labels (theirs
+/// Registry, selecting the metrics Service by its labels (the component among
+/// them, so never the main Service) and scraping the `metrics` port. The Registry's `labels` are added to its own labels (theirs
 /// win: they only serve a Prometheus's `serviceMonitorSelector`).
 pub fn service_monitor(reg: &Registry, resource: &ApiResource) -> DynamicObject {
     let spec = &reg.spec.monitoring.service_monitor;
@@ -107,7 +141,7 @@ pub fn service_monitor(reg: &Registry, resource: &ApiResource) -> DynamicObject 
     }
     let mut monitor = DynamicObject::new(&service_monitor_name(reg), resource).data(serde_json::json!({
         "spec": {
-            "selector": {"matchLabels": labels(reg)},
+            "selector": {"matchLabels": metrics_service_labels(reg)},
             "endpoints": [endpoint],
         }
     }));

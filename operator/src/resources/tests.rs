@@ -104,6 +104,25 @@ fn service_and_endpoint() {
     assert_eq!(endpoint(&reg), "cache.team.svc:443");
 }
 
+/// Whatever its type, the main Service carries the registry's port and
+/// nothing else: the unauthenticated metrics port is never exposed with it.
+#[test]
+fn the_main_service_has_only_the_registry_port() {
+    for type_ in ["ClusterIP", "NodePort", "LoadBalancer"] {
+        for extra in ["", ", tls: {secretName: cert}"] {
+            let reg = registry(&format!("{{service: {{type: {type_}, port: 6000}}{extra}}}"));
+            let svc = service(&reg);
+            let spec = svc.spec.unwrap();
+            assert_eq!(spec.type_.as_deref(), Some(type_));
+            let ports: Vec<_> = spec.ports.unwrap().into_iter().map(|p| (p.name, p.port, p.target_port)).collect();
+            let name = if extra.is_empty() { "http" } else { "https" };
+            assert_eq!(ports, [(Some(name.into()), 6000, Some(IntOrString::String(name.into())))], "{type_}{extra}");
+            assert_eq!(spec.selector, Some(labels(&reg)));
+            assert_eq!(svc.metadata.labels, Some(labels(&reg)));
+        }
+    }
+}
+
 #[test]
 fn applied_hash_is_stable_and_content_sensitive() {
     let a = with_applied_hash(service(&registry("{}")));

@@ -27,7 +27,7 @@ pub fn service_monitor(state: &ServiceMonitorState, generation: Option<i64>, now
             SERVICE_MONITOR,
             true,
             "Applied",
-            format!("ServiceMonitor {name} selects the registry's Service, port metrics"),
+            format!("ServiceMonitor {name} selects the registry's metrics Service, port metrics"),
             generation,
             now,
         ),

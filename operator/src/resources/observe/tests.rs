@@ -6,6 +6,10 @@ use super::*;
 use crate::resources::tests::registry;
 use crate::resources::{CONFIG_FILE, CONFIG_HASH, config_map, deployment, service};
 
+fn metrics_service_selects(reg: &Registry) -> Option<BTreeMap<String, String>> {
+    metrics_service(reg).spec?.selector
+}
+
 fn template(reg: &Registry) -> PodTemplateSpec {
     deployment(reg, "img").spec.template
 }
@@ -35,11 +39,39 @@ fn the_registry_serves_metrics_on_a_port_of_its_own() {
     let ports = container(&reg).ports.unwrap();
     let names: Vec<(Option<&str>, i32)> = ports.iter().map(|p| (p.name.as_deref(), p.container_port)).collect();
     assert_eq!(names, [(Some("http"), 5000), (Some("metrics"), 9464)]);
-    let svc = service(&reg).spec.unwrap().ports.unwrap();
-    assert_eq!(svc[0].port, 5000, "the registry's port stays first");
-    let metrics = &svc[1];
+    let main = service(&reg).spec.unwrap().ports.unwrap();
+    assert_eq!(main.iter().map(|p| p.port).collect::<Vec<_>>(), [5000], "the metrics port is not on the main Service");
+    let svc = metrics_service(&reg).spec.unwrap().ports.unwrap();
+    assert_eq!(svc.len(), 1);
+    let metrics = &svc[0];
     assert_eq!((metrics.name.as_deref(), metrics.port), (Some("metrics"), 9464));
     assert_eq!(metrics.target_port, Some(IntOrString::String("metrics".into())));
+}
+
+/// The metrics port answers anyone in plain HTTP: its Service stays inside
+/// the cluster whatever type the Registry asks for its own, is owned like the
+/// other children, and selects the same pods as the main Service.
+#[test]
+fn the_metrics_service_is_cluster_ip_whatever_the_registry_asks() {
+    for type_ in ["ClusterIP", "NodePort", "LoadBalancer"] {
+        let reg = registry(&format!("service: {{type: {type_}, port: 443}}"));
+        let svc = metrics_service(&reg);
+        assert_eq!(svc.metadata.name.as_deref(), Some("cache-metrics"));
+        assert_eq!(svc.metadata.namespace.as_deref(), Some("team"));
+        let owner = &svc.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("Registry", "cache", "uid-1"));
+        assert_eq!(owner.controller, Some(true));
+        let labels = svc.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/component"], "metrics");
+        assert_eq!(labels["app.kubernetes.io/instance"], "cache");
+        let spec = svc.spec.as_ref().unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"), "{type_}");
+        assert_eq!(spec.ports.as_ref().unwrap().len(), 1);
+        assert_eq!(spec.ports.as_ref().unwrap()[0].node_port, None);
+        assert_eq!(metrics_service_selects(&reg), service(&reg).spec.unwrap().selector);
+        let pods = template(&reg).metadata.unwrap().labels.unwrap();
+        assert!(metrics_service_selects(&reg).unwrap().iter().all(|(k, v)| pods.get(k) == Some(v)), "{pods:?}");
+    }
 }
 
 /// Readiness follows the storage probe, liveness only the process; both ask
@@ -95,15 +127,29 @@ fn the_service_monitor_selects_the_service_and_scrapes_its_metrics_port() {
     assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("Registry", "cache", "uid-1"));
     assert_eq!(owner.controller, Some(true));
 
-    let svc = service(&reg);
-    let selector = &sm.data["spec"]["selector"]["matchLabels"];
-    assert_eq!(selector, &serde_json::to_value(svc.metadata.labels.as_ref().unwrap()).unwrap());
+    let svc = metrics_service(&reg);
+    let selector: BTreeMap<String, String> =
+        serde_json::from_value(sm.data["spec"]["selector"]["matchLabels"].clone()).unwrap();
+    assert_eq!(Some(&selector), svc.metadata.labels.as_ref());
     let endpoints = sm.data["spec"]["endpoints"].as_array().unwrap();
     assert_eq!(endpoints.len(), 1);
     assert_eq!(endpoints[0], serde_json::json!({"port": "metrics", "path": "/metrics"}), "no interval: Prometheus's");
     let port_names: Vec<_> = svc.spec.unwrap().ports.unwrap().into_iter().filter_map(|p| p.name).collect();
-    assert!(port_names.contains(&"metrics".to_owned()), "the Service has no port {:?}", endpoints[0]["port"]);
-    assert_eq!(sm.metadata.labels.as_ref(), svc.metadata.labels.as_ref(), "no extra labels asked for");
+    assert_eq!(port_names, ["metrics"], "the Service has no port {:?}", endpoints[0]["port"]);
+    assert_eq!(sm.metadata.labels.as_ref(), service(&reg).metadata.labels.as_ref(), "no extra labels asked for");
+}
+
+/// matchLabels selects a Service whose labels include all of them: the main
+/// Service must not be one, or Prometheus would look for the metrics port there.
+#[test]
+fn the_service_monitor_does_not_select_the_main_service() {
+    let reg = registry("service: {type: LoadBalancer}\nmonitoring: {serviceMonitor: {enabled: true}}");
+    let sm = service_monitor(&reg, &service_monitors());
+    let selector: BTreeMap<String, String> =
+        serde_json::from_value(sm.data["spec"]["selector"]["matchLabels"].clone()).unwrap();
+    let selects = |labels: &BTreeMap<String, String>| selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+    assert!(selects(metrics_service(&reg).metadata.labels.as_ref().unwrap()));
+    assert!(!selects(service(&reg).metadata.labels.as_ref().unwrap()), "{selector:?}");
 }
 
 #[test]
@@ -117,6 +163,7 @@ fn the_service_monitor_carries_the_interval_and_labels_asked_for() {
     assert_eq!(labels["release"], "prom");
     assert_eq!(labels["app.kubernetes.io/name"], "mine", "the Registry's labels win on the ServiceMonitor");
     assert_eq!(labels["app.kubernetes.io/instance"], "cache");
-    // The selector is the Service's, whatever the ServiceMonitor's own labels say.
+    // The selector is the metrics Service's, whatever the ServiceMonitor's own labels say.
     assert_eq!(sm.data["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"], "berth-registry");
+    assert_eq!(sm.data["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"], "metrics");
 }
