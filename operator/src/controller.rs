@@ -209,6 +209,25 @@ async fn ensure_account(ctx: &Context, reg: &Registry, api: &Api<ServiceAccount>
     apply_if_changed(ctx, api, resources::service_account(reg)).await
 }
 
+/// True when another object than `reg` is `obj`'s controller.
+fn controlled_by_another<K: Resource>(obj: &K, reg: &Registry) -> bool {
+    let uid = reg.uid();
+    obj.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) != uid.as_ref())
+}
+
+/// One of the Registry's Services. Their names can meet: Registry `a`'s
+/// metrics Service and Registry `a-metrics`'s own are both `a-metrics`. One
+/// that another object controls is refused, not taken over: both Registries
+/// apply under the same field manager, so each apply would take it from the
+/// other, ports, selector and owner.
+async fn apply_service(ctx: &Context, reg: &Registry, api: &Api<Service>, desired: Service) -> Result<Change> {
+    let name = desired.metadata.name.clone().unwrap_or_default();
+    if api.get_opt(&name).await?.is_some_and(|existing| controlled_by_another(&existing, reg)) {
+        return Err(Error::ForeignService(name));
+    }
+    apply_if_changed(ctx, api, desired).await
+}
+
 /// The ClusterRoleBinding that lets the registry review tokens, present exactly
 /// while `spec.auth.kubernetes.enabled`.
 async fn review_binding(ctx: &Context, reg: &Registry) -> Result<Change> {
@@ -310,9 +329,9 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
             ));
             changes.push(("PodDisruptionBudget", disruption_budget(ctx, reg).await?));
             let svc = Api::<Service>::namespaced(client.clone(), &namespace);
-            changes.push(("Service", apply_if_changed(ctx, &svc, resources::service(reg)).await?));
+            changes.push(("Service", apply_service(ctx, reg, &svc, resources::service(reg)).await?));
             // Beside it, not on it: the metrics port stays inside the cluster.
-            changes.push(("Service metrics", apply_if_changed(ctx, &svc, resources::metrics_service(reg)).await?));
+            changes.push(("Service metrics", apply_service(ctx, reg, &svc, resources::metrics_service(reg)).await?));
             node_access(ctx, reg, &mut changes).await?;
             let mut found = lifecycle::apply(ctx, reg, &mut changes).await?;
             // Last: monitoring is optional, and a failure here (say, a ClusterRole
@@ -457,5 +476,27 @@ mod tests {
     fn backoff_doubles_up_to_the_resync_period() {
         let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    /// Registry `cache-metrics`'s own Service is named like Registry `cache`'s
+    /// metrics Service: whichever Registry has it, the other keeps off.
+    #[test]
+    fn a_service_another_registry_controls_is_not_ours() {
+        let reg = |name: &str, uid: &str| {
+            let mut reg = Registry::new(name, serde_json::from_str("{}").unwrap());
+            reg.metadata.namespace = Some("team".into());
+            reg.metadata.uid = Some(uid.into());
+            reg
+        };
+        let (cache, other) = (reg("cache", "uid-1"), reg("cache-metrics", "uid-2"));
+        let theirs = resources::service(&other);
+        assert_eq!(theirs.metadata.name, resources::metrics_service(&cache).metadata.name);
+        assert!(controlled_by_another(&theirs, &cache));
+        assert!(!controlled_by_another(&theirs, &other));
+        assert!(!controlled_by_another(&resources::metrics_service(&cache), &cache));
+        // Nobody's (made by hand): not refused, as the main Service never was.
+        let mut bare = theirs.clone();
+        bare.metadata.owner_references = None;
+        assert!(!controlled_by_another(&bare, &cache));
     }
 }

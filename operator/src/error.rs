@@ -14,6 +14,12 @@ pub enum Error {
     /// A ServiceAccount with the registry's account name exists but was not created for it.
     #[error("ServiceAccount {0} exists and does not belong to this Registry; it is not bound or used")]
     ForeignAccount(String),
+    /// A Service with one of the Registry's Service names exists and another
+    /// object controls it: Registry `a`'s metrics Service is `a-metrics`.
+    #[error(
+        "Service {0} exists and another object controls it; it is left alone (a Registry named a has the metrics Service a-metrics)"
+    )]
+    ForeignService(String),
     /// Without a complete list of Pods the images in use are unknown.
     #[error("the Pods of the cluster could not be listed; no protected images are published until they are")]
     PodsNotListed,
@@ -28,6 +34,7 @@ impl Error {
             Error::Invalid(_) => "invalid",
             Error::ForeignClaim(_) => "foreign_claim",
             Error::ForeignAccount(_) => "foreign_account",
+            Error::ForeignService(_) => "foreign_service",
             Error::PodsNotListed => "pods_not_listed",
         }
     }

@@ -1193,7 +1193,8 @@ fn warned(cp: &ControlPlane, name: &str, reason: &str) -> bool {
 /// do, owned by the Registry and selecting the metrics Service and not the
 /// main one, without writes while idle, and deleted when switched off; the
 /// storage probe's answer, written into the report ConfigMap as the registry
-/// does with its own account, becomes the condition StorageHealthy.
+/// does with its own account, becomes the condition StorageHealthy; a
+/// Registry whose Service would be that metrics Service is refused it.
 #[test]
 fn monitoring_and_storage_health() {
     let (cp, op) = setup();
@@ -1366,4 +1367,18 @@ fn monitoring_and_storage_health() {
     })
     .expect("a malformed health.json left the condition");
     assert_eq!(condition(&reg, "Degraded").unwrap().0, "False");
+
+    // Registry `watched-metrics`'s Service would be `watched`'s metrics Service:
+    // refused, and the metrics Service stays `watched`'s, as it was.
+    cp.apply(&registry("watched-metrics", "{}"));
+    let clash = eventually(60, || {
+        json(&cp, &["get", "registry", "watched-metrics"])
+            .filter(|r| condition(r, "Degraded").is_some_and(|c| c.0 == "True"))
+    })
+    .expect("the Registry never reported the Service it cannot have");
+    let message = condition(&clash, "Degraded").unwrap().1;
+    assert!(message.contains("Service watched-metrics exists and another object controls it"), "{message}");
+    let kept = json(&cp, &["get", "service", "watched-metrics"]).unwrap();
+    assert_eq!(kept["metadata"]["ownerReferences"], svc["metadata"]["ownerReferences"], "{kept}");
+    assert_eq!((&kept["spec"]["type"], &kept["spec"]["ports"]), (&svc["spec"]["type"], &svc["spec"]["ports"]));
 }
