@@ -4,8 +4,8 @@
 # dry run, install.yaml and the examples really apply, and the operator, running
 # with a token of the ServiceAccount from manifests/rbac.yaml, reconciles the
 # examples (the registries' ServiceAccounts, token-review bindings, disruption
-# budgets and, with prometheus-operator's CRD installed, the ServiceMonitor
-# included), so a missing permission fails here.
+# budgets, metrics Services and, with prometheus-operator's CRD installed, the
+# ServiceMonitor included), so a missing permission fails here.
 set -euo pipefail
 # shellcheck source=tests/lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
@@ -103,6 +103,8 @@ examples_reconcile() {
     kubectl -n kube-public get configmap local-registry-hosting >/dev/null &&
     kubectl -n berth-system get lease berth-operator >/dev/null &&
     [ "$(kubectl -n default get servicemonitors.monitoring.coreos.com watched -o jsonpath='{.spec.endpoints[0].port}')" = metrics ] &&
+    [ "$(kubectl -n default get service watched-metrics -o jsonpath='{.spec.type}')" = ClusterIP ] &&
+    [ "$(kubectl -n default get service watched -o jsonpath='{.spec.ports[*].name}')" = http ] &&
     ! grep -qi forbidden "$work/operator.log"
 }
 check "the operator reconciles the examples under its ServiceAccount" examples_reconcile

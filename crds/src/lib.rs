@@ -90,7 +90,9 @@ pub struct RegistrySpec {
     /// Refuse pushes and deletes; pulls keep working.
     #[serde(default)]
     pub read_only: bool,
-    /// The Service in front of the registry pods.
+    /// The Service in front of the registry pods: their registry port only.
+    /// The plain-HTTP metrics port (metrics, `/healthz`, `/readyz`) is on the
+    /// ClusterIP Service `<name>-metrics`, whatever type this one has.
     #[serde(default)]
     pub service: ServiceSpec,
     /// Lets every node's container runtime pull `localhost:<port>/<image>` from this registry.

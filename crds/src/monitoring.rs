@@ -1,7 +1,9 @@
 //! `spec.monitoring`: how Prometheus finds the registry's metrics. The registry
 //! always serves them (with `/healthz` and `/readyz`) on a plain-HTTP port of its
-//! own, `metrics` (9464), whatever TLS and access control its main port has;
-//! these fields only decide how scrapers are told about it.
+//! own, `metrics` (9464), whatever TLS and access control its main port has,
+//! behind the ClusterIP Service `<name>-metrics` (never on the Registry's own
+//! Service, whatever its type); these fields only decide how scrapers are told
+//! about it.
 
 use std::collections::BTreeMap;
 
@@ -30,7 +32,8 @@ pub struct MonitoringSpec {
     /// one off.
     #[serde(default = "yes")]
     pub scrape_annotations: bool,
-    /// A prometheus-operator ServiceMonitor for the registry's Service.
+    /// A prometheus-operator ServiceMonitor for the registry's metrics Service
+    /// `<name>-metrics`.
     #[serde(default)]
     pub service_monitor: ServiceMonitorSpec,
 }
@@ -42,8 +45,9 @@ impl Default for MonitoringSpec {
 }
 
 /// A ServiceMonitor (`monitoring.coreos.com/v1`) named like the Registry and
-/// owned by it, selecting the Registry's Service and scraping its `metrics`
-/// port. It needs prometheus-operator's CRDs: without them the condition
+/// owned by it, selecting the Registry's metrics Service `<name>-metrics`
+/// (ClusterIP, labelled `app.kubernetes.io/component: metrics`) and scraping
+/// its `metrics` port. It needs prometheus-operator's CRDs: without them the condition
 /// `ServiceMonitor` says so, and the ServiceMonitor is created at the first
 /// reconcile after they are installed.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
