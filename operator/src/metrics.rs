@@ -60,3 +60,37 @@ impl Drop for Timer<'_> {
         self.metrics.duration.observe(self.start.elapsed().as_secs_f64());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `berth_operator_*` name in `text`, as far as its name goes.
+    fn names(text: &str) -> Vec<&str> {
+        text.match_indices("berth_operator_")
+            .map(|(i, _)| {
+                let len = text[i..].find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(text.len() - i);
+                &text[i..i + len]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_dashboard_asks_only_for_metrics_the_operator_exports() {
+        let m = Metrics::default();
+        drop(m.start());
+        m.failures.get_or_create(&ErrorLabels { error: "kube".into() }).inc();
+        let text = m.encode();
+        let exported: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+        let dashboard =
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/monitoring/grafana-dashboard.json"));
+        let asked = names(dashboard);
+        assert!(asked.len() >= 4, "{asked:?}");
+        for name in asked {
+            let family =
+                ["_bucket", "_sum", "_count", "_total"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+            assert!(exported.contains(&family), "the dashboard asks for {name}, which the operator does not export");
+        }
+    }
+}

@@ -35,6 +35,24 @@ impl Operator {
         op
     }
 
+    /// Waits until the operator stops writing, then labels `KIND NAME LABEL` to
+    /// trigger a reconcile and checks that it wrote nothing.
+    fn assert_idle_reconcile_writes_nothing(&self, cp: &ControlPlane, poke: &[&str; 3]) {
+        let stable = eventually(60, || {
+            let before = self.metric("berth_operator_api_writes_total")?;
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            (self.metric("berth_operator_api_writes_total")? == before).then_some(before)
+        })
+        .expect("the operator kept writing");
+        let reconciles = self.metric("berth_operator_reconciliations_total").unwrap();
+        cp.kubectl_ok(&["label", poke[0], poke[1], poke[2], "--overwrite"]);
+        let reconciled =
+            eventually(30, || (self.metric("berth_operator_reconciliations_total")? > reconciles).then_some(()));
+        assert!(reconciled.is_some(), "no reconcile after labelling {poke:?}");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        assert_eq!(self.metric("berth_operator_api_writes_total"), Some(stable), "writes while idle");
+    }
+
     fn metric(&self, name: &str) -> Option<u64> {
         let text = http::get(&self.metrics)?;
         text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).map(|v| v as u64)
@@ -125,19 +143,7 @@ fn registry_lifecycle() {
     assert!(printed.contains("demo.default.svc:5000") && printed.contains("READY"), "{printed}");
 
     // Idle: a reconcile that finds nothing to change writes nothing.
-    let stable = eventually(60, || {
-        let before = op.metric("berth_operator_api_writes_total")?;
-        std::thread::sleep(std::time::Duration::from_secs(3));
-        (op.metric("berth_operator_api_writes_total")? == before).then_some(before)
-    })
-    .expect("the operator kept writing");
-    let reconciles = op.metric("berth_operator_reconciliations_total").unwrap();
-    cp.kubectl_ok(&["label", "deployment", "demo", "poke=1"]);
-    assert!(
-        eventually(30, || (op.metric("berth_operator_reconciliations_total")? > reconciles).then_some(())).is_some()
-    );
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    assert_eq!(op.metric("berth_operator_api_writes_total"), Some(stable), "writes while idle");
+    op.assert_idle_reconcile_writes_nothing(&cp, &["deployment", "demo", "poke=1"]);
 
     // A manifests change reaches the ConfigMap and rolls the pods.
     let hash = |d: &Value| {
@@ -1297,19 +1303,7 @@ fn monitoring_and_storage_health() {
     );
 
     // Idle with a ServiceMonitor: a reconcile that finds it as wanted writes nothing.
-    let stable = eventually(60, || {
-        let before = op.metric("berth_operator_api_writes_total")?;
-        std::thread::sleep(std::time::Duration::from_secs(2));
-        (op.metric("berth_operator_api_writes_total")? == before).then_some(before)
-    })
-    .expect("the operator kept writing");
-    let reconciles = op.metric("berth_operator_reconciliations_total").unwrap();
-    cp.kubectl_ok(&["label", "service", "watched", "poke=2", "--overwrite"]);
-    assert!(
-        eventually(30, || (op.metric("berth_operator_reconciliations_total")? > reconciles).then_some(())).is_some()
-    );
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    assert_eq!(op.metric("berth_operator_api_writes_total"), Some(stable), "writes while idle");
+    op.assert_idle_reconcile_writes_nothing(&cp, &["service", "watched", "poke=2"]);
 
     // Switched off: deleted, and the condition goes.
     cp.kubectl_ok(&[
