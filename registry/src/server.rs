@@ -32,8 +32,11 @@ use crate::tls;
 
 /// How long requests in flight may take to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(30);
-/// Connections the metrics listener holds at once (scrapers and probes).
-const SIDE_CONNECTIONS: usize = 64;
+/// Connections the metrics listener holds at once (scrapers and probes), and
+/// its timeouts: short, so clients that hold connections without asking
+/// anything cannot crowd out the kubelet's probes for long.
+const SIDE_CONNECTIONS: usize = 1024;
+const SIDE_TIMEOUT_SECS: u64 = 5;
 
 /// What an operator should hear about at start: a registry that strangers can
 /// write to, or credentials sent without encryption. Loopback addresses are
@@ -138,6 +141,7 @@ pub async fn build(config: Config) -> Result<Built, String> {
         book: usage,
         exchange,
         config: config.health.clone(),
+        read_only: config.read_only,
     };
     tokio::spawn(prober.run());
     let recorded = config.metrics.enabled.then(|| metrics.clone());
@@ -245,7 +249,17 @@ impl Shared {
             handshake_timeout: Duration::from_secs(limits.header_timeout_secs),
             idle_timeout: Duration::from_secs(limits.idle_timeout_secs),
         };
-        let side = built.side.map(|app| Shared { app, observer: None, open: None, tls: None, ..api.clone() });
+        let side_limits =
+            LimitsConfig { header_timeout_secs: SIDE_TIMEOUT_SECS, idle_timeout_secs: SIDE_TIMEOUT_SECS, ..limits };
+        let side = built.side.map(|app| Shared {
+            app,
+            observer: None,
+            open: None,
+            builder: Arc::new(connection_builder(&side_limits)),
+            tls: None,
+            handshake_timeout: Duration::from_secs(SIDE_TIMEOUT_SECS),
+            idle_timeout: Duration::from_secs(SIDE_TIMEOUT_SECS),
+        });
         Ok((api, side))
     }
 

@@ -31,11 +31,11 @@ pub async fn health() -> &'static str {
 }
 
 /// `GET /readyz`: 200 while the last storage probe could write, read and
-/// delete; 503 with the reason otherwise (and before the first probe).
+/// delete; 503 with the kind of failure otherwise (and before the first probe).
 pub async fn ready(State(app): State<Arc<App>>) -> Response {
     match app.health.ready() {
         Ok(()) => "ok\n".into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response(),
+        Err(kind) => (StatusCode::SERVICE_UNAVAILABLE, format!("{kind}\n")).into_response(),
     }
 }
 

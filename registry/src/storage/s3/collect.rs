@@ -415,7 +415,7 @@ impl Lifecycle for S3Storage {
     }
 
     async fn probe(&self) -> Result<()> {
-        let key = self.key(&format!("health/{}", uuid::Uuid::new_v4()));
+        let key = self.key(&format!("health/{}", self.probe_id));
         let body = Bytes::from_static(b"probe");
         self.objects.put(&key, body.clone()).await?;
         let read = self.objects.get_optional(&key).await;

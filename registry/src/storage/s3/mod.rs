@@ -67,6 +67,9 @@ pub struct S3Storage {
     links_seen: quick_cache::sync::Cache<String, std::time::Instant>,
     /// When this process last recorded a pull, by marker key.
     pulls: quick_cache::sync::Cache<String, std::time::Instant>,
+    /// This process's probe object, `health/<id>`: one key, overwritten by
+    /// each probe, so a probe cut short leaves one object at most.
+    probe_id: uuid::Uuid,
     /// Collector locks this process released, by token (see `collect.rs`).
     released: Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -124,6 +127,7 @@ impl S3Storage {
             pulls: quick_cache::sync::Cache::new(100_000),
             links_seen: quick_cache::sync::Cache::new(10_000),
             released: Arc::default(),
+            probe_id: uuid::Uuid::new_v4(),
         })
     }
 
