@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{Method, Request, Response, StatusCode};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -65,6 +66,7 @@ impl Observer {
             span,
             received: received.clone(),
             status: None,
+            expected: None,
             sent: 0,
             complete: false,
             metrics: self.metrics.clone(),
@@ -130,6 +132,8 @@ pub struct Record {
     span: Span,
     received: Option<Arc<AtomicU64>>,
     status: Option<StatusCode>,
+    /// The body's length, when the response announces it.
+    expected: Option<u64>,
     sent: u64,
     complete: bool,
     metrics: Option<Arc<Metrics>>,
@@ -145,6 +149,8 @@ impl Record {
         let status = response.status();
         self.span.record("http.response.status_code", status.as_u16());
         self.status = Some(status);
+        let announced = response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+        self.expected = announced.or_else(|| HttpBody::size_hint(response.body()).exact());
         response.map(|inner| Body::new(Observed { inner, record: self }))
     }
 }
@@ -237,8 +243,11 @@ impl HttpBody for Observed {
                 if let Some(data) = frame.data_ref() {
                     self.record.sent += data.len() as u64;
                 }
-                // hyper stops polling a body of known length at its last byte.
-                self.record.complete = self.inner.is_end_stream();
+                // hyper stops polling a body of known length at its last byte
+                // (a stream's end it never asks for).
+                let end = self.inner.is_end_stream();
+                let record = &mut self.record;
+                record.complete = end || record.expected == Some(record.sent);
             }
             Poll::Ready(None) => self.record.complete = true,
             _ => {}
