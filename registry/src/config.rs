@@ -437,6 +437,7 @@ mod tests {
         assert!(Config::from_yaml("manifests: {validation: {maxSize: 0}}").is_err());
         assert!(Config::from_yaml("metrics: {path: /v2/metrics}").is_err(), "would hide an API path");
         assert!(Config::from_yaml("metrics: {path: metrics}").is_err());
+        assert!(Config::from_yaml("metrics: {path: '/m/{x}'}").is_err(), "a route pattern would panic the router");
         assert!(Config::from_yaml("metrics: {path: /stats, listen: '0.0.0.0:9464'}").is_ok());
         assert!(Config::from_yaml("health: {probeIntervalSecs: 0}").is_err());
     }

@@ -123,26 +123,9 @@ async fn main() -> std::process::ExitCode {
             Ok(t) => t,
             Err(code) => return code,
         };
-        let _keep = telemetry;
-        let listener = match tokio::net::TcpListener::bind(listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("berth-registry: listening on {listen}: {e}");
-                return std::process::ExitCode::from(1);
-            }
-        };
-        tracing::info!(%listen, %upstream, "forwarding");
-        let limits = berth_registry::forward::Limits {
-            idle_timeout: std::time::Duration::from_secs(*idle_timeout_secs),
-            ..Default::default()
-        };
-        return match berth_registry::forward::run(listener, upstream.clone(), limits, shutdown_signal()).await {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("berth-registry: {e}");
-                std::process::ExitCode::from(1)
-            }
-        };
+        let code = forward(listen, upstream, *idle_timeout_secs).await;
+        tokio::task::spawn_blocking(move || telemetry.shutdown()).await.ok();
+        return code;
     }
     if args.print_schema {
         let schema = schemars::schema_for!(Config);
@@ -167,6 +150,29 @@ async fn main() -> std::process::ExitCode {
     let code = run(args, config).await;
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await.ok();
     code
+}
+
+/// Forwards connections to `upstream` until a signal (node access).
+async fn forward(listen: &str, upstream: &str, idle_timeout_secs: u64) -> std::process::ExitCode {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("berth-registry: listening on {listen}: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    tracing::info!(%listen, %upstream, "forwarding");
+    let limits = berth_registry::forward::Limits {
+        idle_timeout: std::time::Duration::from_secs(idle_timeout_secs),
+        ..Default::default()
+    };
+    match berth_registry::forward::run(listener, upstream.to_owned(), limits, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth-registry: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
 }
 
 /// Collects once, or serves until a signal.

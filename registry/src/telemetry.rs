@@ -126,7 +126,8 @@ fn otlp_wanted(var: &dyn Fn(&str) -> Option<String>) -> bool {
 
 /// The protocol asked for, checked: only HTTP with protobuf is built in.
 fn protocol(var: &dyn Fn(&str) -> Option<String>) -> Result<(), TelemetryError> {
-    let asked = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    let set = |k: &str| var(k).filter(|v| !v.trim().is_empty());
+    let asked = set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| set("OTEL_EXPORTER_OTLP_PROTOCOL"));
     match asked.as_deref().map(str::trim) {
         None | Some("") | Some("http/protobuf") => Ok(()),
         Some(other) => Err(TelemetryError::Protocol(other.to_owned())),
@@ -212,5 +213,7 @@ mod tests {
         let traces_win =
             [("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"), ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")];
         assert!(protocol(&env(&traces_win)).is_ok());
+        let empty = [("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", ""), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
+        assert!(protocol(&env(&empty)).is_err(), "an empty variable is no setting");
     }
 }

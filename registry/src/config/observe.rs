@@ -28,8 +28,17 @@ impl Default for MetricsConfig {
 impl MetricsConfig {
     pub fn validate(&self) -> Result<(), String> {
         let reserved = ["/v2", "/healthz", "/readyz"];
-        if !self.path.starts_with('/') || self.path.len() < 2 || reserved.iter().any(|r| self.path.starts_with(r)) {
-            return Err(format!("metrics.path {:?} must start with / and not be /v2, /healthz or /readyz", self.path));
+        // A plain path: the router would read `{name}` or `*` as a pattern.
+        let plain = self.path.chars().all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c));
+        if !self.path.starts_with('/')
+            || self.path.len() < 2
+            || !plain
+            || reserved.iter().any(|r| self.path.starts_with(r))
+        {
+            return Err(format!(
+                "metrics.path {:?} must be a plain path (letters, digits, / - _ .) other than /v2, /healthz and /readyz",
+                self.path
+            ));
         }
         if self.listen.as_deref() == Some("") {
             return Err("metrics.listen must be an address such as 0.0.0.0:9464".into());
