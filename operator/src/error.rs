@@ -20,6 +20,10 @@ pub enum Error {
         "Service {0} exists and another object controls it; it is left alone (a Registry named a has the metrics Service a-metrics)"
     )]
     ForeignService(String),
+    /// A ServiceMonitor with the Registry's name exists that it does not control
+    /// (a user's own, say): applying over it would take it over.
+    #[error("ServiceMonitor {0} exists and this Registry does not control it; it is left alone")]
+    ForeignServiceMonitor(String),
     /// Without a complete list of Pods the images in use are unknown.
     #[error("the Pods of the cluster could not be listed; no protected images are published until they are")]
     PodsNotListed,
@@ -35,6 +39,7 @@ impl Error {
             Error::ForeignClaim(_) => "foreign_claim",
             Error::ForeignAccount(_) => "foreign_account",
             Error::ForeignService(_) => "foreign_service",
+            Error::ForeignServiceMonitor(_) => "foreign_service_monitor",
             Error::PodsNotListed => "pods_not_listed",
         }
     }

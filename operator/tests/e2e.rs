@@ -1375,4 +1375,19 @@ fn monitoring_and_storage_health() {
     let kept = json(&cp, &["get", "service", "watched-metrics"]).unwrap();
     assert_eq!(kept["metadata"]["ownerReferences"], svc["metadata"]["ownerReferences"], "{kept}");
     assert_eq!((&kept["spec"]["type"], &kept["spec"]["ports"]), (&svc["spec"]["type"], &svc["spec"]["ports"]));
+
+    // A user's own ServiceMonitor with a Registry's name is left alone; the Registry says why.
+    cp.apply(
+        "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata: {name: mine, namespace: default}\nspec: {selector: {matchLabels: {app: mine}}, endpoints: [{port: web}]}\n",
+    );
+    cp.apply(&registry("mine", "{monitoring: {serviceMonitor: {enabled: true}}}"));
+    let refused = eventually(60, || {
+        json(&cp, &["get", "registry", "mine"]).filter(|r| condition(r, "Degraded").is_some_and(|c| c.0 == "True"))
+    })
+    .expect("the Registry took over or ignored a ServiceMonitor it does not control");
+    let message = condition(&refused, "Degraded").unwrap().1;
+    assert!(message.contains("ServiceMonitor mine exists and this Registry does not control it"), "{message}");
+    let theirs = json(&cp, &["get", "servicemonitor", "mine"]).unwrap();
+    assert!(theirs["metadata"]["ownerReferences"].is_null(), "{theirs}");
+    assert_eq!(theirs["spec"]["endpoints"][0]["port"], "web");
 }

@@ -10,7 +10,7 @@ use kube::error::DiscoveryError;
 use kube::{Client, ResourceExt, discovery};
 
 use super::{Change, Context, apply_if_changed, remove_if_ours};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::resources;
 use crate::status::ServiceMonitorState;
 
@@ -42,14 +42,22 @@ pub(super) async fn service_monitor(ctx: &Context, reg: &Registry) -> Result<(Ch
     let namespace = reg.namespace().unwrap_or_default();
     let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &namespace, &resource);
     let name = resources::service_monitor_name(reg);
-    if wanted {
-        let change = apply_if_changed(ctx, &api, resources::service_monitor(reg, &resource)).await?;
-        return Ok((change, Some(ServiceMonitorState::Applied(name))));
-    }
     // One of that name that another owner made (or a user's own) is left alone.
     let uid = reg.uid();
     let owned = |m: &DynamicObject| {
         m.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
     };
-    Ok((remove_if_ours(ctx, &api, &name, owned).await?, None))
+    if wanted {
+        if api.get_opt(&name).await?.is_some_and(|existing| !owned(&existing)) {
+            return Err(Error::ForeignServiceMonitor(name));
+        }
+        let change = apply_if_changed(ctx, &api, resources::service_monitor(reg, &resource)).await?;
+        return Ok((change, Some(ServiceMonitorState::Applied(name))));
+    }
+    match remove_if_ours(ctx, &api, &name, owned).await {
+        // An operator whose ClusterRole predates ServiceMonitors may not even
+        // look: with none asked for, that is no reason to degrade the Registry.
+        Err(Error::Kube(kube::Error::Api(status))) if status.code == 403 => Ok((Change::Unchanged, None)),
+        removed => Ok((removed?, None)),
+    }
 }
