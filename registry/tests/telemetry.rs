@@ -146,6 +146,9 @@ impl Server {
             .await
             .unwrap();
         assert_eq!(get.status(), 200);
+        let blob = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+        let pulled = client.get(format!("{}/v2/traced/app/blobs/{blob}", self.base)).send().await.unwrap();
+        assert_eq!(pulled.bytes().await.unwrap().as_ref(), b"{}");
         let missing = client.get(format!("{}/v2/traced/app/manifests/nope", self.base)).send().await.unwrap();
         assert_eq!(missing.status(), 404);
     }
@@ -193,7 +196,7 @@ async fn spans_reach_the_configured_collector_with_the_repository_and_reference(
     // One access line per API request, with what an operator greps for.
     let access: Vec<_> = lines.iter().filter(|l| l["target"] == "berth_registry::access").collect();
     let api: Vec<_> = access.iter().filter(|l| l["fields"]["route"] != "health").collect();
-    assert_eq!(api.len(), 4, "POST blob, PUT, GET, GET 404: {access:#?}");
+    assert_eq!(api.len(), 5, "POST blob, PUT, GET, blob GET, GET 404: {access:#?}");
     let get =
         api.iter().find(|l| l["fields"]["path"] == "/v2/traced/app/manifests/v1" && l["fields"]["method"] == "GET");
     let get = get.expect("the pull's line");
@@ -203,6 +206,9 @@ async fn spans_reach_the_configured_collector_with_the_repository_and_reference(
     assert!(get["fields"]["bytes_out"].as_u64().unwrap() > 100);
     assert!(get["fields"]["duration_ms"].as_f64().is_some());
     assert_eq!(get["fields"]["complete"], true);
+    // A streamed blob is complete at its announced length, which hyper stops at.
+    let pulled = api.iter().find(|l| l["fields"]["route"] == "blob").expect("the blob pull's line");
+    assert_eq!((&pulled["fields"]["bytes_out"], &pulled["fields"]["complete"]), (&2.into(), &true.into()));
     let blob = api.iter().find(|l| l["fields"]["method"] == "POST").unwrap();
     assert_eq!(blob["fields"]["bytes_in"], 2);
     assert_eq!(blob["fields"]["status"], 201);
