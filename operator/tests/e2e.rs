@@ -91,6 +91,11 @@ fn registry(name: &str, spec: &str) -> String {
     format!("apiVersion: berth.dev/v1alpha1\nkind: Registry\nmetadata: {{name: {name}}}\nspec: {spec}\n")
 }
 
+/// A merge patch of Registry `name`.
+fn patch_registry(cp: &ControlPlane, name: &str, patch: &str) {
+    cp.kubectl_ok(&["patch", "registry", name, "--type", "merge", "-p", patch]);
+}
+
 fn wait_for(cp: &ControlPlane, what: &[&str]) -> Value {
     eventually(60, || json(cp, what)).unwrap_or_else(|| panic!("{what:?} never appeared"))
 }
@@ -150,15 +155,7 @@ fn registry_lifecycle() {
         d["spec"]["template"]["metadata"]["annotations"]["berth.dev/config-hash"].as_str().map(str::to_owned)
     };
     let old_hash = hash(&deployment);
-    cp.kubectl_ok(&[
-        "patch",
-        "registry",
-        "demo",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"manifests":{"oci":{"imageIndex":false}}}}"#,
-    ]);
+    patch_registry(&cp, "demo", r#"{"spec":{"manifests":{"oci":{"imageIndex":false}}}}"#);
     assert!(
         eventually(60, || {
             let cm = json(&cp, &["get", "configmap", "demo-config"])?;
@@ -180,7 +177,7 @@ fn registry_lifecycle() {
         eventually(60, || (json(&cp, &["get", "pvc", "demo-data"])?["status"]["phase"] == "Bound").then_some(()))
             .is_some()
     );
-    cp.kubectl_ok(&["patch", "registry", "demo", "--type", "merge", "-p", r#"{"spec":{"storage":{"size":"20Gi"}}}"#]);
+    patch_registry(&cp, "demo", r#"{"spec":{"storage":{"size":"20Gi"}}}"#);
     assert!(
         eventually(60, || (json(&cp, &["get", "pvc", "demo-data"])?["spec"]["resources"]["requests"]["storage"]
             == "20Gi")
@@ -216,15 +213,7 @@ fn retention_delete_and_foreign_claims() {
     assert_eq!(ds["spec"]["template"]["spec"]["hostNetwork"], true);
     let hosting = wait_for(&cp, &["-n", "kube-public", "get", "configmap", "local-registry-hosting"]);
     assert!(hosting["data"]["localRegistryHosting.v1"].as_str().unwrap().contains("localhost:5999"));
-    cp.kubectl_ok(&[
-        "patch",
-        "registry",
-        "nodes",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"nodeAccess":{"enabled":false}}}"#,
-    ]);
+    patch_registry(&cp, "nodes", r#"{"spec":{"nodeAccess":{"enabled":false}}}"#);
     assert!(eventually(60, || json(&cp, &["get", "daemonset", "nodes-node-access"]).is_none().then_some(())).is_some());
     assert!(
         eventually(30, || json(&cp, &["-n", "kube-public", "get", "configmap", "local-registry-hosting"])
@@ -321,7 +310,7 @@ fn object_storage() {
     assert_eq!(pdb["spec"]["selector"]["matchLabels"], d["spec"]["selector"]["matchLabels"]);
 
     // One replica: the budget goes; through the scale subresource it comes back.
-    cp.kubectl_ok(&["patch", "registry", "objects", "--type", "merge", "-p", r#"{"spec":{"replicas":1}}"#]);
+    patch_registry(&cp, "objects", r#"{"spec":{"replicas":1}}"#);
     let gone = eventually(60, || json(&cp, &["get", "poddisruptionbudget", "objects"]).is_none().then_some(()));
     assert!(gone.is_some(), "the budget outlived the second replica");
     let one = eventually(60, || (json(&cp, &["get", "deployment", "objects"])?["spec"]["replicas"] == 1).then_some(()));
@@ -473,7 +462,7 @@ fn access_control_and_tls() {
     // which the collector needs for its requests and report (the Role <name>-registry).
     let set_kubernetes = |enabled: bool| {
         let patch = format!(r#"{{"spec":{{"auth":{{"kubernetes":{{"enabled":{enabled}}}}}}}}}"#);
-        cp.kubectl_ok(&["patch", "registry", "secure", "--type", "merge", "-p", &patch]);
+        patch_registry(&cp, "secure", &patch);
     };
     set_kubernetes(false);
     let gone = |cp: &ControlPlane| {
@@ -1306,15 +1295,7 @@ fn monitoring_and_storage_health() {
     op.assert_idle_reconcile_writes_nothing(&cp, &["service", "watched", "poke=2"]);
 
     // Switched off: deleted, and the condition goes.
-    cp.kubectl_ok(&[
-        "patch",
-        "registry",
-        "watched",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"monitoring":{"serviceMonitor":{"enabled":false}}}}"#,
-    ]);
+    patch_registry(&cp, "watched", r#"{"spec":{"monitoring":{"serviceMonitor":{"enabled":false}}}}"#);
     assert!(
         eventually(30, || json(&cp, &["get", SERVICE_MONITORS, "watched"]).is_none().then_some(())).is_some(),
         "the ServiceMonitor outlived its switch"
