@@ -84,7 +84,8 @@ impl Telemetry {
 /// the default `service.name` of its spans (`OTEL_SERVICE_NAME` wins).
 pub fn init(service: &'static str, level: &str, format: LogFormat) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let events_only = filter.and(filter_fn(|meta| meta.is_event()));
+    // Not spans: events, and the hints `tracing::enabled!` asks about.
+    let events_only = filter.and(filter_fn(|meta| !meta.is_span()));
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_filter(events_only).boxed(),
         LogFormat::Text => {

@@ -60,7 +60,7 @@ impl Observer {
         let record = Record {
             start: Instant::now(),
             route,
-            path: request.uri().path().to_owned(),
+            path: logged(route).then(|| request.uri().path().to_owned()),
             method,
             peer,
             span,
@@ -72,6 +72,15 @@ impl Observer {
             metrics: self.metrics.clone(),
         };
         (record, request.map(|inner| Counted { inner, received }))
+    }
+}
+
+/// Whether a request to `route` gets a log line at the levels enabled now:
+/// probes' and scrapes' at debug, the others' at info.
+fn logged(route: Route) -> bool {
+    match route {
+        Route::health | Route::metrics => tracing::enabled!(target: ACCESS_TARGET, tracing::Level::DEBUG),
+        _ => tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO),
     }
 }
 
@@ -126,7 +135,8 @@ impl Route {
 pub struct Record {
     start: Instant,
     route: Route,
-    path: String,
+    /// Kept only when its log line will be written.
+    path: Option<String>,
     method: Method,
     peer: SocketAddr,
     span: Span,
@@ -175,8 +185,10 @@ impl Drop for Record {
         }
         let duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
         let status = self.status.map_or(0, |s| s.as_u16());
-        let (method, route, path, peer) = (&self.method, self.route.as_str(), &self.path, &self.peer);
-        // Probes and scrapes come every few seconds: their lines only at debug.
+        let path = self.path.as_deref().unwrap_or_default();
+        let (method, route, peer) = (&self.method, self.route.as_str(), &self.peer);
+        // Probes and scrapes come every few seconds: their lines only at debug
+        // (as `logged` decides).
         if matches!(self.route, Route::health | Route::metrics) {
             tracing::debug!(target: ACCESS_TARGET, %method, route, %path, status, bytes_out = self.sent, duration_ms, "request");
             return;
