@@ -26,6 +26,10 @@ fn no_grace() -> CollectorConfig {
 
 /// One collection, once the server's own pass (it counts at start) lets go of the lock.
 async fn run(c: &Arc<Collector>, dry_run: bool, protected: &str) -> (Collection, berth_registry::gc::Tally) {
+    // File times come from the kernel's coarse clock (one tick, at most 10 ms):
+    // content written in the tick the storage clock reads is not older than a
+    // cutoff of "now", so with no grace it would be kept. Let a tick pass.
+    tokio::time::sleep(Duration::from_millis(30)).await;
     for _ in 0..200 {
         let done = c.run(Mode::Collect { dry_run }, None, ProtectedSet::parse(protected)).await.unwrap();
         if let Some(done) = done {
