@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod lifecycle;
+mod mirror;
 mod observe;
 mod storage;
 pub use auth::{AccessRule, Action, Anonymous, AuthConfig, HtpasswdConfig, KubernetesAuthConfig, TlsConfig};
@@ -16,6 +17,7 @@ pub use lifecycle::{
     CollectorConfig, CollectorKubernetes, QuotaConfig, QuotaOverride, RetentionConfig, RetentionRule, Span,
     TagRetention, repository_matches, tag_matches,
 };
+pub use mirror::{MAX_TAG_TTL_SECS, MirrorConfig, mirror_for, validate_mirrors};
 pub use observe::{HealthConfig, MetricsConfig};
 pub use storage::{MIN_PART, S3Config, StorageConfig};
 
@@ -48,6 +50,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The storage probe behind readiness.
     pub health: HealthConfig,
+    /// Pull-through mirrors of other registries, each under a repository prefix.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorConfig>,
 }
 
 impl Default for Config {
@@ -68,6 +73,7 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             health: HealthConfig::default(),
+            mirrors: Vec::new(),
         }
     }
 }
@@ -355,6 +361,7 @@ impl Config {
         self.storage.validate().map_err(ConfigError::Invalid)?;
         self.metrics.validate().map_err(ConfigError::Invalid)?;
         self.health.validate().map_err(ConfigError::Invalid)?;
+        validate_mirrors(&self.mirrors).map_err(ConfigError::Invalid)?;
         if self.limits.manifest_buffer_bytes < self.manifests.validation.max_size {
             return Err(ConfigError::Invalid(
                 "limits.manifestBufferBytes must hold at least one manifest of manifests.validation.maxSize".into(),
