@@ -1,0 +1,203 @@
+//! The pull-through cache against an upstream berth on loopback: what is
+//! fetched once and then served locally, what coalesces, what a dead or lying
+//! upstream leads to, and that mirrored repositories cannot be written.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use berth_registry::config::MirrorConfig;
+use berth_registry::digest::{Algorithm, Digest};
+use common::{OCI_MANIFEST, Registry, Scrape, assert_error, content};
+use reqwest::{Method, StatusCode};
+
+/// An upstream holding `library/app:v1` (Docker Hub's layout), and its digests.
+struct Upstream {
+    reg: Registry,
+    manifest: Digest,
+    blobs: Vec<(Digest, Vec<u8>)>,
+}
+
+async fn upstream(layer_len: usize) -> Upstream {
+    let reg = Registry::start().await;
+    let layer = content(7, layer_len);
+    let (manifest, _) = reg.push_image("library/app", "v1", &layer).await;
+    let blobs =
+        vec![(Digest::of(Algorithm::Sha256, b"{}"), b"{}".to_vec()), (Digest::of(Algorithm::Sha256, &layer), layer)];
+    Upstream { reg, manifest, blobs }
+}
+
+impl Upstream {
+    /// Requests the upstream answered, by route and method.
+    async fn served(&self, route: &str, method: &str) -> f64 {
+        let s = Scrape::of(&self.reg, "/metrics").await;
+        s.sum("berth_registry_http_requests_total", &[("route", route), ("method", method)])
+    }
+}
+
+async fn mirror_of(up: &Upstream, adjust: impl FnOnce(&mut MirrorConfig)) -> Registry {
+    let mut m = MirrorConfig::new("hub", &up.reg.base);
+    m.library = Some(true);
+    adjust(&mut m);
+    Registry::with(|c| c.mirrors = vec![m]).await
+}
+
+async fn pull_manifest(reg: &Registry, reference: &str) -> (StatusCode, Vec<u8>, String) {
+    let r = reg
+        .req(Method::GET, &format!("/v2/hub/app/manifests/{reference}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    let digest = common::header(&r, "docker-content-digest");
+    (r.status(), r.bytes().await.unwrap().to_vec(), digest)
+}
+
+async fn pull_blob(reg: &Registry, digest: &Digest) -> (StatusCode, Vec<u8>) {
+    let r = reg.get(&format!("/v2/hub/app/blobs/{digest}")).await;
+    (r.status(), r.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_pull_fills_the_cache_and_the_next_one_stays_local() {
+    let up = upstream(300_000).await;
+    let mirror = mirror_of(&up, |_| {}).await;
+    let (status, bytes, digest) = pull_manifest(&mirror, "v1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(Digest::of(Algorithm::Sha256, &bytes), up.manifest, "the upstream's bytes, unchanged");
+    assert_eq!(digest, up.manifest.to_string());
+    for (d, want) in &up.blobs {
+        assert_eq!(pull_blob(&mirror, d).await, (StatusCode::OK, want.clone()));
+    }
+    assert_eq!(up.served("blob", "GET").await, 2.0);
+    assert_eq!(up.served("manifest", "GET").await, 1.0);
+
+    // Everything again, by tag and digest, with a range: nothing goes upstream.
+    assert_eq!(pull_manifest(&mirror, "v1").await.0, StatusCode::OK);
+    assert_eq!(pull_manifest(&mirror, &up.manifest.to_string()).await.1, bytes);
+    for (d, want) in &up.blobs {
+        assert_eq!(pull_blob(&mirror, d).await.1, *want);
+    }
+    let (layer, want) = &up.blobs[1];
+    let r = mirror
+        .req(Method::GET, &format!("/v2/hub/app/blobs/{layer}"))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap(), want[10..20]);
+    assert_eq!((up.served("blob", "GET").await, up.served("manifest", "GET").await), (2.0, 1.0));
+    assert_eq!(up.served("manifest", "HEAD").await, 0.0, "the tag is trusted for its TTL");
+
+    let s = Scrape::of(&mirror, "/metrics").await;
+    let count = |kind, result| {
+        s.sum("berth_registry_mirror_requests_total", &[("mirror", "hub"), ("kind", kind), ("result", result)])
+    };
+    assert_eq!((count("manifest", "miss"), count("blob", "miss")), (1.0, 2.0));
+    assert_eq!((count("manifest", "hit"), count("blob", "hit")), (2.0, 3.0));
+    let upstream_bytes = s.sum("berth_registry_mirror_upstream_bytes_total", &[("mirror", "hub")]);
+    assert_eq!(upstream_bytes as usize, bytes.len() + 2 + 300_000);
+}
+
+#[tokio::test]
+async fn a_missing_image_is_unknown_and_other_names_are_not_mirrored() {
+    let up = upstream(10).await;
+    let mirror = mirror_of(&up, |_| {}).await;
+    let r = mirror.get("/v2/hub/nothing/manifests/v1").await;
+    assert_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    let absent = Digest::of(Algorithm::Sha256, b"absent");
+    assert_error(mirror.get(&format!("/v2/hub/app/blobs/{absent}")).await, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+    // Outside the prefix the registry is an ordinary one.
+    assert_error(mirror.get("/v2/library/app/manifests/v1").await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    assert_eq!(up.served("manifest", "GET").await, 1.0, "only hub/nothing was asked upstream");
+}
+
+#[tokio::test]
+async fn mirrored_repositories_refuse_writes() {
+    let up = upstream(10).await;
+    let mirror = mirror_of(&up, |_| {}).await;
+    assert_eq!(pull_manifest(&mirror, "v1").await.0, StatusCode::OK);
+    let r = mirror.put_manifest("hub/app", "v2", OCI_MANIFEST, b"{}").await;
+    assert!(assert_error(r, StatusCode::FORBIDDEN, "DENIED").await.contains("read-only"));
+    let r = mirror.req(Method::POST, "/v2/hub/app/blobs/uploads/").send().await.unwrap();
+    assert_error(r, StatusCode::FORBIDDEN, "DENIED").await;
+    let r = mirror.req(Method::DELETE, &format!("/v2/hub/app/manifests/{}", up.manifest)).send().await.unwrap();
+    assert_error(r, StatusCode::FORBIDDEN, "DENIED").await;
+    assert_eq!(pull_manifest(&mirror, "v1").await.0, StatusCode::OK, "still there");
+    // Pushing next to the mirror works.
+    mirror.push_image("mine/app", "v1", b"layer").await;
+}
+
+#[tokio::test]
+async fn twenty_clients_of_a_cold_cache_make_one_upstream_fetch_each() {
+    let up = upstream(8 << 20).await;
+    let mirror = mirror_of(&up, |_| {}).await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let (m, blobs) = (mirror.via(mirror.base.clone()), up.blobs.clone());
+        clients.push(tokio::spawn(async move {
+            let (status, _, _) = pull_manifest(&m, "v1").await;
+            assert_eq!(status, StatusCode::OK);
+            for (d, want) in &blobs {
+                let (status, got) = pull_blob(&m, d).await;
+                assert_eq!(status, StatusCode::OK);
+                assert!(got == *want, "byte-exact {d}");
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(up.served("manifest", "GET").await, 1.0);
+    assert_eq!(up.served("blob", "GET").await, 2.0, "each blob once");
+    let s = Scrape::of(&mirror, "/metrics").await;
+    let coalesced = s.sum("berth_registry_mirror_requests_total", &[("result", "coalesced")]);
+    let hits = s.sum("berth_registry_mirror_requests_total", &[("result", "hit")]);
+    assert_eq!(coalesced + hits, 57.0, "the other 19 pulls of 3 things: {coalesced} coalesced, {hits} hits");
+}
+
+#[tokio::test]
+async fn a_moved_tag_is_seen_after_the_ttl_and_not_before() {
+    let up = upstream(10).await;
+    let mirror = mirror_of(&up, |m| m.tag_ttl_secs = 2).await;
+    let (_, _, first) = pull_manifest(&mirror, "v1").await;
+    let (moved, _) = up.reg.push_image("library/app", "v1", b"another layer").await;
+    assert_eq!(pull_manifest(&mirror, "v1").await.2, first, "trusted within the TTL");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (status, bytes, digest) = pull_manifest(&mirror, "v1").await;
+    assert_eq!((status, digest), (StatusCode::OK, moved.to_string()));
+    assert_eq!(Digest::of(Algorithm::Sha256, &bytes), moved);
+    assert_eq!(up.served("manifest", "HEAD").await, 1.0, "one check");
+    // An unmoved tag past its TTL costs a HEAD, no GET.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let gets = up.served("manifest", "GET").await;
+    assert_eq!(pull_manifest(&mirror, "v1").await.2, moved.to_string());
+    assert_eq!((up.served("manifest", "HEAD").await, up.served("manifest", "GET").await), (2.0, gets));
+    // The old image stays pullable by digest.
+    assert_eq!(pull_manifest(&mirror, &first).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_dead_upstream_leaves_the_cache_serving_and_the_rest_a_clear_error() {
+    let up = upstream(1000).await;
+    let mirror = mirror_of(&up, |m| m.tag_ttl_secs = 0).await;
+    assert_eq!(pull_manifest(&mirror, "v1").await.0, StatusCode::OK);
+    for (d, _) in &up.blobs {
+        assert_eq!(pull_blob(&mirror, d).await.0, StatusCode::OK);
+    }
+    drop(up.reg);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let (status, bytes, _) = pull_manifest(&mirror, "v1").await;
+    assert_eq!((status, Digest::of(Algorithm::Sha256, &bytes)), (StatusCode::OK, up.manifest), "stale if error");
+    for (d, want) in &up.blobs {
+        assert_eq!(pull_blob(&mirror, d).await.1, *want);
+    }
+    let r = mirror.get("/v2/hub/other/manifests/v1").await;
+    let message = assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE").await;
+    assert!(message.contains("cannot be reached"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(5), "no hang: {:?}", started.elapsed());
+    let s = Scrape::of(&mirror, "/metrics").await;
+    assert_eq!(s.sum("berth_registry_mirror_requests_total", &[("kind", "manifest"), ("result", "stale")]), 1.0);
+}
