@@ -108,6 +108,12 @@ async fn a_missing_image_is_unknown_and_other_names_are_not_mirrored() {
     assert_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
     let absent = Digest::of(Algorithm::Sha256, b"absent");
     assert_error(mirror.get(&format!("/v2/hub/app/blobs/{absent}")).await, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+    // A blob stored for another repository is not served through one whose
+    // upstream lacks it.
+    let (layer, _) = &up.blobs[1];
+    assert_eq!(pull_blob(&mirror, layer).await.0, StatusCode::OK);
+    let r = mirror.get(&format!("/v2/hub/nothing/blobs/{layer}")).await;
+    assert_error(r, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
     // Outside the prefix the registry is an ordinary one.
     assert_error(mirror.get("/v2/library/app/manifests/v1").await, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
     assert_eq!(up.served("manifest", "GET").await, 1.0, "only hub/nothing was asked upstream");
@@ -200,4 +206,108 @@ async fn a_dead_upstream_leaves_the_cache_serving_and_the_rest_a_clear_error() {
     assert!(started.elapsed() < Duration::from_secs(5), "no hang: {:?}", started.elapsed());
     let s = Scrape::of(&mirror, "/metrics").await;
     assert_eq!(s.sum("berth_registry_mirror_requests_total", &[("kind", "manifest"), ("result", "stale")]), 1.0);
+}
+
+mod cap {
+    use std::sync::Arc;
+
+    use berth_registry::config::{CollectorConfig, RetentionConfig, Span};
+    use berth_registry::gc::{Collector, Mode, ProtectedSet};
+    use berth_registry::storage::FsStorage;
+
+    use super::*;
+
+    /// One collection by a collector that keeps `mirror`'s cap.
+    async fn collect(reg: &Registry, mirror: &MirrorConfig, protected: &str) {
+        tokio::time::sleep(Duration::from_millis(30)).await; // one coarse clock tick: see gc.rs
+        let gc = CollectorConfig { interval: None, grace_period: Span::secs(0), ..CollectorConfig::default() };
+        let storage = Arc::new(FsStorage::open(&reg.root).unwrap());
+        let c = Arc::new(
+            Collector::new(storage, gc, RetentionConfig::default()).with_mirrors(std::slice::from_ref(mirror)),
+        );
+        for _ in 0..200 {
+            let run = c.run(Mode::Collect { dry_run: false }, None, ProtectedSet::parse(protected)).await.unwrap();
+            if run.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the collector lock stayed taken");
+    }
+
+    /// Three images of 100 kB upstream, pulled through the mirror in order a, b, c.
+    async fn three_pulled(cap: u64) -> (Registry, Registry, MirrorConfig) {
+        let up = Registry::start().await;
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            up.push_image(&format!("library/{name}"), "v1", &content(i as u64 + 20, 100_000)).await;
+        }
+        let mut m = MirrorConfig::new("hub", &up.base);
+        m.library = Some(true);
+        m.max_bytes = Some(cap);
+        let mirror = Registry::with(|c| c.mirrors = vec![m.clone()]).await;
+        for name in ["a", "b", "c"] {
+            pull_image(&mirror, name).await;
+            // Pulls are stamped by the filesystem's clock: keep them apart.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        (up, mirror, m)
+    }
+
+    async fn pull_image(reg: &Registry, name: &str) {
+        let r = reg
+            .req(Method::GET, &format!("/v2/hub/{name}/manifests/v1"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let manifest: serde_json::Value = r.json().await.unwrap();
+        for blob in manifest["layers"].as_array().unwrap().iter().chain([&manifest["config"]]) {
+            let r = reg.get(&format!("/v2/hub/{name}/blobs/{}", blob["digest"].as_str().unwrap())).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            r.bytes().await.unwrap();
+        }
+    }
+
+    async fn upstream_gets(up: &Registry) -> (f64, f64) {
+        let s = Scrape::of(up, "/metrics").await;
+        let n = |route| s.sum("berth_registry_http_requests_total", &[("route", route), ("method", "GET")]);
+        (n("manifest"), n("blob"))
+    }
+
+    #[tokio::test]
+    async fn over_its_cap_the_least_recently_pulled_image_goes() {
+        // Three images of ~100 kB and a shared config: two fit in 250 kB.
+        let (up, mirror, m) = three_pulled(250_000).await;
+        assert_eq!(upstream_gets(&up).await, (3.0, 4.0), "three manifests, three layers and the shared config once");
+        collect(&mirror, &m, "").await;
+        for name in ["b", "c"] {
+            pull_image(&mirror, name).await;
+        }
+        assert_eq!(upstream_gets(&up).await, (3.0, 4.0), "b and c stayed");
+        pull_image(&mirror, "a").await;
+        assert_eq!(upstream_gets(&up).await, (4.0, 5.0), "a was evicted and is fetched again");
+    }
+
+    #[tokio::test]
+    async fn an_image_a_pod_uses_is_never_evicted() {
+        let (up, mirror, m) = three_pulled(250_000).await;
+        collect(&mirror, &m, "hub/a:v1\n").await;
+        for name in ["a", "c"] {
+            pull_image(&mirror, name).await;
+        }
+        assert_eq!(upstream_gets(&up).await, (3.0, 4.0), "a is protected, so b (the next oldest) went");
+        pull_image(&mirror, "b").await;
+        assert_eq!(upstream_gets(&up).await, (4.0, 5.0));
+    }
+
+    #[tokio::test]
+    async fn under_its_cap_nothing_goes() {
+        let (up, mirror, m) = three_pulled(1_000_000).await;
+        collect(&mirror, &m, "").await;
+        for name in ["a", "b", "c"] {
+            pull_image(&mirror, name).await;
+        }
+        assert_eq!(upstream_gets(&up).await, (3.0, 4.0));
+    }
 }

@@ -99,6 +99,26 @@ impl Mirror {
         flight.await.map(|_| BlobAnswer::Stored)
     }
 
+    /// A blob another image already brought (a shared base layer): once the
+    /// upstream confirms this repository has it too (a HEAD, so no client
+    /// reads content through a repository that lacks it), it is linked, not
+    /// downloaded again.
+    async fn link_stored(
+        &self,
+        storage: &Arc<dyn Storage>,
+        repo: &RepoName,
+        upstream: &str,
+        digest: &Digest,
+    ) -> Result<u64, FetchError> {
+        if !self.upstream.has_blob(upstream, &digest.to_string()).await? {
+            return Err(FetchError::NotFound);
+        }
+        storage.blob_mount(repo, digest, None).await?;
+        let size = storage.blob_size(repo, digest).await?.ok_or(FetchError::Crashed)?;
+        self.meter.count("blob", "linked");
+        Ok(size)
+    }
+
     async fn fetch_blob(
         &self,
         storage: &Arc<dyn Storage>,
@@ -112,7 +132,10 @@ impl Mirror {
             self.meter.count("blob", "hit");
             return Ok(size);
         }
-        let _slot = self.fetch_slots.acquire().await.map_err(|_| FetchError::Crashed)?;
+        if storage.blob_stored(digest).await?.is_some() {
+            return self.link_stored(storage, repo, upstream, digest).await;
+        }
+        let slot = self.fetch_slots.acquire().await.map_err(|_| FetchError::Crashed)?;
         let response = match self.upstream.blob(upstream, &digest.to_string()).await {
             Ok(Some(response)) => response,
             Ok(None) => return Err(FetchError::NotFound),
@@ -139,6 +162,7 @@ impl Mirror {
             item
         });
         let stored = storage.blob_put_sized(repo, digest, len, Box::pin(body)).await;
+        drop(slot);
         relay.lock().unwrap().finish(stored.is_ok());
         match stored {
             Ok(size) => {

@@ -159,7 +159,7 @@ impl Mirrors {
         for config in configs {
             let prefix = config.prefix.clone();
             for kind in ["manifest", "blob"] {
-                for result in ["hit", "miss", "revalidated", "stale", "coalesced", "error"] {
+                for result in ["hit", "miss", "linked", "revalidated", "stale", "coalesced", "error"] {
                     drop(requests.get_or_create(&MirrorLabels { mirror: prefix.clone(), kind, result }));
                 }
             }

@@ -122,6 +122,12 @@ impl Upstream {
         self.send(Method::GET, repo, &format!("/v2/{repo}/blobs/{digest}"), None, false).await
     }
 
+    /// Whether the upstream serves a blob in `repo` (a HEAD: no body moves).
+    pub async fn has_blob(&self, repo: &str, digest: &str) -> Result<bool, FetchError> {
+        let found = self.send(Method::HEAD, repo, &format!("/v2/{repo}/blobs/{digest}"), None, true).await?;
+        Ok(found.is_some())
+    }
+
     /// Sends a request with what the upstream asked for last time; on a 401,
     /// answers its challenge once and sends again. `bounded` requests have a
     /// deadline for the whole exchange (blob bodies only have the read timeout).

@@ -144,7 +144,8 @@ pub struct KindLabels {
 
 /// A mirror (its prefix, from the configuration), what was asked for
 /// (`manifest`, `blob`) and how it was answered: `hit` from storage, `miss`
-/// fetched, `revalidated` (a tag confirmed upstream), `stale` (served cached
+/// fetched, `linked` (a blob already stored for another repository, linked once
+/// the upstream confirmed this one has it), `revalidated` (a tag confirmed upstream), `stale` (served cached
 /// while the upstream failed), `coalesced` (joined a fetch in progress), `error`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MirrorLabels {
