@@ -311,3 +311,103 @@ mod cap {
         assert_eq!(upstream_gets(&up).await, (3.0, 4.0));
     }
 }
+
+/// An upstream that lies or stalls, to see the mirror refuse what it sends.
+mod hostile {
+    use axum::Router;
+    use axum::http::{HeaderMap, HeaderValue};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    use super::*;
+
+    pub const LAYER_LEN: usize = 200_000;
+
+    /// Serves any blob as bytes that do not hash to its name, any manifest as
+    /// one whose digest is not the one asked for, `big` as a manifest of 10 MB,
+    /// and `stall` never.
+    async fn liar() -> String {
+        async fn blob() -> impl IntoResponse {
+            content(99, LAYER_LEN)
+        }
+        async fn manifest(axum::extract::Path(rest): axum::extract::Path<String>) -> impl IntoResponse {
+            if rest.starts_with("stall/") {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            let body = if rest.starts_with("big/") { vec![b' '; 10 << 20] } else { b"{\"schemaVersion\":2}".to_vec() };
+            let mut h = HeaderMap::new();
+            h.insert("content-type", HeaderValue::from_static(OCI_MANIFEST));
+            (h, body)
+        }
+        let app = Router::new().route(
+            "/v2/{*rest}",
+            get(|p: axum::extract::Path<String>| async move {
+                if p.0.contains("/blobs/") { blob().await.into_response() } else { manifest(p).await.into_response() }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    async fn mirror() -> Registry {
+        let url = liar().await;
+        Registry::with(|c| c.mirrors = vec![MirrorConfig::new("hub", &url)]).await
+    }
+
+    #[tokio::test]
+    async fn a_blob_that_does_not_match_its_digest_never_reaches_a_client_whole() {
+        let mirror = mirror().await;
+        let named = Digest::of(Algorithm::Sha256, b"what the client asked for");
+        for _ in 0..2 {
+            let r = mirror.get(&format!("/v2/hub/app/blobs/{named}")).await;
+            // Either refused before the body, or the body breaks off short.
+            if r.status() == StatusCode::OK {
+                // Count what arrives before the break: never every byte.
+                let mut received = 0;
+                let mut body = r.bytes_stream();
+                while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut body).await {
+                    received += chunk.len();
+                }
+                assert!(received < LAYER_LEN, "a whole unverified body went out");
+            } else {
+                assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE").await;
+            }
+        }
+        let (_, bad) = common::verify_blob_files(&mirror.root);
+        assert!(bad.is_empty(), "{bad:?}");
+        let r = mirror.req(Method::HEAD, &format!("/v2/hub/app/blobs/{named}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "nothing was stored under its name");
+    }
+
+    #[tokio::test]
+    async fn wrong_oversized_or_stalled_manifests_are_refused_in_time() {
+        let mirror = mirror().await;
+        let named = Digest::of(Algorithm::Sha256, b"another manifest");
+        let message = assert_error(
+            mirror.get(&format!("/v2/hub/app/manifests/{named}")).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+        )
+        .await;
+        assert!(message.contains("does not match"), "{message}");
+        let message =
+            assert_error(mirror.get("/v2/hub/big/manifests/v1").await, StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+                .await;
+        assert!(message.contains("exceeds"), "{message}");
+        let started = Instant::now();
+        let message = assert_error(
+            mirror.get("/v2/hub/stall/manifests/v1").await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+        )
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the upstream's silence is cut off: {:?}",
+            started.elapsed()
+        );
+        assert!(message.contains("cannot be reached"), "{message}");
+    }
+}
