@@ -209,7 +209,9 @@ async fn pull_all(base: &str, repo: &str, image: &std::sync::Arc<Image>, clients
     }
     let elapsed = t.elapsed();
     let (first, last) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
-    Ok(Pull { mbps: bytes as f64 / 1e6 / elapsed.as_secs_f64(), first, last, retries })
+    let mbps = bytes as f64 / 1e6 / elapsed.as_secs_f64();
+    eprintln!("  {mbps:.0} MB/s, {:.2} s", elapsed.as_secs_f64());
+    Ok(Pull { mbps, first, last, retries })
 }
 
 /// One request the upstream answered, from its log.
