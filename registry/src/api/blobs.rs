@@ -13,16 +13,21 @@ use crate::storage::ByteStream;
 
 pub async fn get(app: &App, repo: &RepoName, digest: &str, req: Req, head: bool) -> Result<Response> {
     let digest = parse_digest(digest)?;
+    let mut size = None;
     if let Some((mirror, upstream)) = app.mirrors.find(repo) {
         // The first client of a blob not yet stored gets it as it is fetched;
         // ranges and HEADs wait for the whole blob and are served from storage.
         let stream = !head && req.header(header::RANGE).is_none();
         let answer = mirror.blob(&app.storage, repo, &upstream, &digest, stream).await;
-        if let BlobAnswer::Streaming { len, body } = answer.map_err(|e| Error::from_fetch(e, true))? {
-            return Ok(streamed(&digest, len, body));
+        match answer.map_err(|e| Error::from_fetch(e, true))? {
+            BlobAnswer::Streaming { len, body } => return Ok(streamed(&digest, len, body)),
+            BlobAnswer::Stored(stored) => size = Some(stored),
         }
     }
-    let size = app.storage.blob_size(repo, &digest).await?.ok_or(Error::BlobUnknown)?;
+    let size = match size {
+        Some(size) => size,
+        None => app.storage.blob_size(repo, &digest).await?.ok_or(Error::BlobUnknown)?,
+    };
     if !head && let Some(url) = app.storage.blob_url(repo, &digest).await? {
         return Ok(redirect(&url, &digest));
     }

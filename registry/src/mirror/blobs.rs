@@ -22,8 +22,8 @@ use crate::storage::{ByteStream, Storage};
 const CLIENT_BACKLOG: usize = 1024;
 
 pub enum BlobAnswer {
-    /// The blob is in storage now: serve it from there.
-    Stored,
+    /// The blob is in storage now, this many bytes: serve it from there.
+    Stored(u64),
     /// The blob streams as it is fetched: `len` bytes, as the upstream said.
     /// A body that ends short means the fetch failed or the client fell behind.
     Streaming { len: u64, body: ByteStream },
@@ -77,9 +77,9 @@ impl Mirror {
         digest: &Digest,
         stream: bool,
     ) -> Result<BlobAnswer, FetchError> {
-        if storage.blob_size(repo, digest).await?.is_some() {
+        if let Some(size) = storage.blob_size(repo, digest).await? {
             self.meter.count("blob", "hit");
-            return Ok(BlobAnswer::Stored);
+            return Ok(BlobAnswer::Stored(size));
         }
         let (head_tx, head_rx) = oneshot::channel();
         let (chunks_tx, chunks_rx) = mpsc::channel(CLIENT_BACKLOG);
@@ -96,7 +96,7 @@ impl Mirror {
             let body = futures_util::stream::unfold(chunks_rx, |mut rx| async { rx.recv().await.map(|c| (c, rx)) });
             return Ok(BlobAnswer::Streaming { len, body: Box::pin(body) });
         }
-        flight.await.map(|_| BlobAnswer::Stored)
+        flight.await.map(BlobAnswer::Stored)
     }
 
     /// A blob another image already brought (a shared base layer): once the
