@@ -99,12 +99,13 @@ impl Error {
         match e {
             F::NotFound if blob => Error::BlobUnknown,
             F::NotFound => Error::ManifestUnknown("manifest unknown to the upstream registry".into()),
-            F::Storage(e) => match std::sync::Arc::try_unwrap(e) {
-                Ok(e) => e.into(),
-                Err(e) if matches!(*e, storage::Error::StorageFull(_)) => Error::InsufficientStorage,
-                Err(e) if matches!(*e, storage::Error::QuotaExceeded(_)) => Error::Denied(e.to_string()),
-                Err(e) => Error::Internal(e.to_string()),
-            },
+            // However many clients share the fetch, the same answer: the
+            // storage's trouble is the server's, never the client's.
+            F::Storage(e) if matches!(*e, storage::Error::StorageFull(_)) => Error::InsufficientStorage,
+            F::Storage(e) => {
+                tracing::error!(error = %e, "storing what a mirror fetched failed");
+                Error::Unavailable(format!("mirror: storing what the upstream sent failed: {e}"))
+            }
             e => Error::Unavailable(format!("mirror: {e}")),
         }
     }

@@ -29,7 +29,9 @@ pub struct Image {
 /// What to evict from one repository.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Eviction {
-    pub tags: HashSet<String>,
+    /// Tags with the manifest they pointed at when chosen: a tag moved since
+    /// (a fresh fetch) stays.
+    pub tags: HashSet<(String, Digest)>,
     /// Manifests that stop being roots (they go unless something kept reaches them).
     pub digests: HashSet<Digest>,
 }
@@ -51,13 +53,17 @@ pub fn images(
         let mut manifests = vec![root.clone()];
         let mut blobs: Vec<Digest> = r.blobs.clone();
         let mut last_used = m.pulled.unwrap_or(m.pushed).max(tagged_at.unwrap_or(m.pushed));
-        let mut young = m.pushed >= cutoff || tagged_at.is_some_and(|t| t >= cutoff);
+        // Fetched, tagged or pulled within the grace period: in use right now.
+        let recent = |m: &crate::storage::lifecycle::SnapshotManifest| {
+            m.pushed >= cutoff || m.pulled.is_some_and(|p| p >= cutoff)
+        };
+        let mut young = recent(m) || tagged_at.is_some_and(|t| t >= cutoff);
         for child in &r.children {
             if let Some((cr, cm)) = refs.get(child) {
                 manifests.push(child.clone());
                 blobs.extend(cr.blobs.iter().cloned());
                 last_used = last_used.max(cm.pulled.unwrap_or(cm.pushed));
-                young |= cm.pushed >= cutoff;
+                young |= recent(cm);
             }
         }
         blobs.extend(manifests.iter().cloned());
@@ -114,7 +120,7 @@ pub fn choose(mut images: Vec<Image>, sizes: &HashMap<Digest, u64>, cap: u64) ->
     }
     for image in chosen {
         let e = evictions.entry(image.repo.clone()).or_default();
-        e.tags.extend(image.tag.clone());
+        e.tags.extend(image.tag.clone().map(|t| (t, image.manifests[0].clone())));
         e.digests.extend(image.manifests.iter().cloned());
     }
     (evictions, freed)

@@ -336,7 +336,8 @@ impl Run {
 pub async fn collect_once(config: &crate::config::Config, dry_run: bool) -> Result<Option<String>, String> {
     schedule::lowest_priority();
     let storage = crate::server::open_backend(config).await?;
-    let collector = Arc::new(Collector::new(storage, config.gc.clone(), config.retention.clone()));
+    let collector =
+        Arc::new(Collector::new(storage, config.gc.clone(), config.retention.clone()).with_mirrors(&config.mirrors));
     let protected = ProtectedSet::from_config(&config.gc).await?;
     let Some((collection, tally)) =
         collector.run(Mode::Collect { dry_run }, None, protected).await.map_err(|e| e.to_string())?

@@ -68,9 +68,23 @@ fn within(time: Option<SystemTime>, now: SystemTime, span: Option<crate::config:
 fn kept_tags(snap: &RepoSnapshot, inputs: &Inputs, with_protected: bool) -> HashSet<String> {
     let mut kept = ruled_tags(snap, inputs, with_protected);
     if let Some(evict) = inputs.evict {
-        kept.retain(|t| !evict.tags.contains(t));
+        // Only while the tag still points where it did when chosen, neither it
+        // nor its manifest is younger than the grace period (pulled since,
+        // say), and (in the protected pass) it is not protected.
+        for t in &snap.tags {
+            let chosen = evict.tags.contains(&(t.name.clone(), t.digest.clone()));
+            let guarded = with_protected && inputs.protected.tags.contains(&t.name);
+            let recent = t.pushed >= inputs.cutoff || recently_pulled(snap, &t.digest, inputs.cutoff);
+            if chosen && !recent && !guarded {
+                kept.remove(&t.name);
+            }
+        }
     }
     kept
+}
+
+fn recently_pulled(snap: &RepoSnapshot, digest: &Digest, cutoff: SystemTime) -> bool {
+    snap.manifests.iter().any(|m| m.digest == *digest && m.pulled.is_some_and(|p| p >= cutoff))
 }
 
 fn ruled_tags(snap: &RepoSnapshot, inputs: &Inputs, with_protected: bool) -> HashSet<String> {
@@ -134,7 +148,8 @@ pub fn decide(snap: &RepoSnapshot, references: impl Fn(usize) -> Option<Referenc
     let untagged_after = inputs.rule.and_then(|r| r.untagged_after);
     let is_root = |i: usize, with_protected: bool| {
         let m = &snap.manifests[i];
-        let evicted = inputs.evict.is_some_and(|e| e.digests.contains(&m.digest));
+        let evicted =
+            inputs.evict.is_some_and(|e| e.digests.contains(&m.digest)) && m.pulled.is_none_or(|p| p < inputs.cutoff);
         (untagged_after.is_none() && !evicted)
             || parsed[i].is_none()
             || m.pushed >= inputs.cutoff

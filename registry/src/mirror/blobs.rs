@@ -5,7 +5,9 @@
 //! did not match. Everyone else waits for the fetch and reads from storage.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -14,12 +16,22 @@ use tokio::sync::{mpsc, oneshot};
 use super::{FetchError, Mirror};
 use crate::digest::Digest;
 use crate::names::RepoName;
-use crate::storage::{ByteStream, Storage};
+use crate::storage::{self, ByteStream, Storage};
 
-/// Chunks the first client may fall behind the download before it is let go
-/// (its response ends short; it retries and reads the stored blob). Bounds the
-/// memory of one fetch to this many chunks.
-const CLIENT_BACKLOG: usize = 1024;
+/// Bytes the first client may fall behind the download before it is let go
+/// (its response ends short; it retries and reads the stored blob): the most
+/// memory one fetch holds for its client.
+const CLIENT_BACKLOG: usize = 16 << 20;
+/// Longest wait for one of the upstream's download slots.
+const SLOT_WAIT: Duration = Duration::from_secs(60);
+/// A download may take this long, plus the time its length takes at
+/// [`MIN_RATE`]: an upstream trickling bytes cannot hold a slot forever.
+const DOWNLOAD_BASE: Duration = Duration::from_secs(300);
+const MIN_RATE: u64 = 64 << 10;
+
+fn download_deadline(len: u64) -> Duration {
+    DOWNLOAD_BASE + Duration::from_secs(len / MIN_RATE)
+}
 
 pub enum BlobAnswer {
     /// The blob is in storage now, this many bytes: serve it from there.
@@ -32,22 +44,62 @@ pub enum BlobAnswer {
 /// What the first client is handed: the upstream's length, then the chunks.
 struct Tee {
     head: oneshot::Sender<u64>,
-    chunks: mpsc::Sender<io::Result<Bytes>>,
+    chunks: Backlog,
 }
 
-/// The first client's side of a fetch: every chunk but the last goes out as
-/// it arrives.
+/// The chunks on their way to the first client, and their bytes.
+#[derive(Clone)]
+struct Backlog {
+    sender: mpsc::UnboundedSender<io::Result<Bytes>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Backlog {
+    fn new() -> (Backlog, ByteStream) {
+        let (sender, receiver) = mpsc::unbounded_channel::<io::Result<Bytes>>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
+        let body = futures_util::stream::unfold(receiver, move |mut rx| {
+            let taken = taken.clone();
+            async move {
+                let item = rx.recv().await?;
+                if let Ok(chunk) = &item {
+                    taken.fetch_sub(chunk.len(), Ordering::Relaxed);
+                }
+                Some((item, rx))
+            }
+        });
+        (Backlog { sender, queued }, Box::pin(body))
+    }
+
+    /// `false` when the client is gone or too far behind.
+    fn send(&self, chunk: Bytes) -> bool {
+        let len = chunk.len();
+        if self.queued.fetch_add(len, Ordering::Relaxed) + len > CLIENT_BACKLOG {
+            return false;
+        }
+        self.sender.send(Ok(chunk)).is_ok()
+    }
+}
+
+/// The first client's side of a fetch: every chunk with data but the last
+/// goes out as it arrives.
 #[derive(Default)]
 struct Relay {
-    client: Option<mpsc::Sender<io::Result<Bytes>>>,
+    client: Option<Backlog>,
     held: Option<Bytes>,
 }
 
 impl Relay {
     fn pass(&mut self, chunk: Bytes) {
+        // An empty chunk (HTTP/2 ends bodies with an empty frame) must not
+        // become the held one: the last bytes would go out unverified.
+        if chunk.is_empty() {
+            return;
+        }
         if let Some(previous) = self.held.replace(chunk)
             && let Some(client) = &self.client
-            && client.try_send(Ok(previous)).is_err()
+            && !client.send(previous)
         {
             // Gone, or too far behind: the download does not wait for it.
             self.client = None;
@@ -56,12 +108,15 @@ impl Relay {
 
     fn finish(&mut self, verified: bool) {
         if let Some(client) = self.client.take() {
-            let last = match (verified, self.held.take()) {
-                (true, Some(last)) => Ok(last),
-                (true, None) => return,
-                (false, _) => Err(io::Error::other("the upstream blob did not verify")),
-            };
-            let _ = client.try_send(last);
+            match (verified, self.held.take()) {
+                (true, Some(last)) => {
+                    client.send(last);
+                }
+                (true, None) => {}
+                (false, _) => {
+                    let _ = client.sender.send(Err(io::Error::other("the upstream blob did not verify")));
+                }
+            }
         }
     }
 }
@@ -82,8 +137,8 @@ impl Mirror {
             return Ok(BlobAnswer::Stored(size));
         }
         let (head_tx, head_rx) = oneshot::channel();
-        let (chunks_tx, chunks_rx) = mpsc::channel(CLIENT_BACKLOG);
-        let tee = stream.then_some(Tee { head: head_tx, chunks: chunks_tx });
+        let (backlog, body) = Backlog::new();
+        let tee = stream.then_some(Tee { head: head_tx, chunks: backlog });
         let fetch = {
             let (me, storage, repo, upstream, digest) =
                 (self.clone(), storage.clone(), repo.clone(), upstream.to_owned(), digest.clone());
@@ -93,8 +148,7 @@ impl Mirror {
         if !leader {
             self.meter.count("blob", "coalesced");
         } else if stream && let Ok(len) = head_rx.await {
-            let body = futures_util::stream::unfold(chunks_rx, |mut rx| async { rx.recv().await.map(|c| (c, rx)) });
-            return Ok(BlobAnswer::Streaming { len, body: Box::pin(body) });
+            return Ok(BlobAnswer::Streaming { len, body });
         }
         flight.await.map(BlobAnswer::Stored)
     }
@@ -109,13 +163,18 @@ impl Mirror {
         repo: &RepoName,
         upstream: &str,
         digest: &Digest,
-    ) -> Result<u64, FetchError> {
+    ) -> Result<Option<u64>, FetchError> {
         if !self.upstream.has_blob(upstream, &digest.to_string()).await? {
             return Err(FetchError::NotFound);
         }
-        storage.blob_mount(repo, digest, None).await?;
-        let size = storage.blob_size(repo, digest).await?.ok_or(FetchError::Crashed)?;
-        self.meter.count("blob", "linked");
+        // `false`: collected in between; then it is downloaded after all.
+        if !storage.blob_mount(repo, digest, None).await? {
+            return Ok(None);
+        }
+        let size = storage.blob_size(repo, digest).await?;
+        if size.is_some() {
+            self.meter.count("blob", "linked");
+        }
         Ok(size)
     }
 
@@ -132,50 +191,80 @@ impl Mirror {
             self.meter.count("blob", "hit");
             return Ok(size);
         }
-        if storage.blob_stored(digest).await?.is_some() {
-            return self.link_stored(storage, repo, upstream, digest).await;
-        }
-        let slot = self.fetch_slots.acquire().await.map_err(|_| FetchError::Crashed)?;
-        let response = match self.upstream.blob(upstream, &digest.to_string()).await {
-            Ok(Some(response)) => response,
-            Ok(None) => return Err(FetchError::NotFound),
-            Err(e) => {
-                self.meter.count("blob", "error");
-                return Err(e);
-            }
-        };
-        let len = response.content_length();
-        let relay = Arc::new(Mutex::new(Relay::default()));
-        // Without a length a short body could pass for a whole one: such a
-        // client waits and reads the stored blob instead.
-        if let (Some(tee), Some(len)) = (tee, len)
-            && tee.head.send(len).is_ok()
+        if storage.blob_stored(digest).await?.is_some()
+            && let Some(size) = self.link_stored(storage, repo, upstream, digest).await?
         {
-            relay.lock().unwrap().client = Some(tee.chunks);
+            return Ok(size);
         }
-        let (passing, bytes) = (relay.clone(), self.meter.bytes.clone());
-        let body = response.bytes_stream().map_err(io::Error::other).map(move |item| {
-            if let Ok(chunk) = &item {
-                bytes.inc_by(chunk.len() as u64);
-                passing.lock().unwrap().pass(chunk.clone());
-            }
-            item
-        });
-        let stored = storage.blob_put_sized(repo, digest, len, Box::pin(body)).await;
+        let slot = tokio::time::timeout(SLOT_WAIT, self.fetch_slots.acquire())
+            .await
+            .map_err(|_| FetchError::Busy)?
+            .map_err(|_| FetchError::Crashed)?;
+        let result = self.download(storage, repo, upstream, digest, tee).await;
         drop(slot);
-        relay.lock().unwrap().finish(stored.is_ok());
-        match stored {
-            Ok(size) => {
-                self.meter.count("blob", "miss");
-                Ok(size)
-            }
+        match &result {
+            Ok(_) => self.meter.count("blob", "miss"),
+            Err(FetchError::NotFound) => {}
             Err(e) => {
                 tracing::warn!(mirror = %self.config.prefix, repository = %repo, %digest, error = %e,
                     "fetching a blob from the upstream failed");
                 self.meter.count("blob", "error");
-                Err(e.into())
             }
         }
+        result
+    }
+
+    /// GETs the blob and stores it, relaying it to the first client.
+    async fn download(
+        &self,
+        storage: &Arc<dyn Storage>,
+        repo: &RepoName,
+        upstream: &str,
+        digest: &Digest,
+        tee: Option<Tee>,
+    ) -> Result<u64, FetchError> {
+        let response = self.upstream.blob(upstream, &digest.to_string()).await?.ok_or(FetchError::NotFound)?;
+        // Without a length nothing bounds the body before it is hashed, and a
+        // client could take a short body for a whole one.
+        let len =
+            response.content_length().ok_or_else(|| FetchError::Invalid("a blob without Content-Length".into()))?;
+        if let Some(cap) = self.config.max_bytes.filter(|cap| len > *cap) {
+            return Err(FetchError::TooLarge(cap));
+        }
+        let relay = Arc::new(Mutex::new(Relay::default()));
+        if let Some(tee) = tee
+            && tee.head.send(len).is_ok()
+        {
+            relay.lock().unwrap().client = Some(tee.chunks);
+        }
+        let (passing, bytes, mut seen) = (relay.clone(), self.meter.bytes.clone(), 0u64);
+        let body = response.bytes_stream().map_err(io::Error::other).map(move |item| {
+            let chunk = item?;
+            seen += chunk.len() as u64;
+            if seen > len {
+                return Err(io::Error::other(format!("the upstream sent more than the {len} bytes it announced")));
+            }
+            bytes.inc_by(chunk.len() as u64);
+            passing.lock().unwrap().pass(chunk.clone());
+            Ok(chunk)
+        });
+        let stored = tokio::time::timeout(
+            download_deadline(len),
+            storage.blob_put_sized(repo, digest, Some(len), Box::pin(body)),
+        )
+        .await;
+        let stored = match stored {
+            Ok(stored) => stored.map_err(|e| match e {
+                // The upstream's body broke off, ran long or short: its fault.
+                e @ (storage::Error::Body(_) | storage::Error::ChunkLength { .. }) => {
+                    FetchError::Unreachable(e.to_string())
+                }
+                e => e.into(),
+            }),
+            Err(_) => Err(FetchError::Unreachable(format!("the download took over {:?}", download_deadline(len)))),
+        };
+        relay.lock().unwrap().finish(stored.is_ok());
+        stored
     }
 }
 
@@ -183,39 +272,58 @@ impl Mirror {
 mod tests {
     use super::*;
 
-    fn relay() -> (Relay, mpsc::Receiver<io::Result<Bytes>>) {
-        let (tx, rx) = mpsc::channel(2);
-        (Relay { client: Some(tx), held: None }, rx)
+    fn relay() -> (Relay, ByteStream) {
+        let (backlog, body) = Backlog::new();
+        (Relay { client: Some(backlog), held: None }, body)
     }
 
-    fn drain(rx: &mut mpsc::Receiver<io::Result<Bytes>>) -> Vec<Result<Bytes, String>> {
-        std::iter::from_fn(|| rx.try_recv().ok()).map(|r| r.map_err(|e| e.to_string())).collect()
+    /// What the client has been sent so far.
+    fn drain(body: &mut ByteStream) -> Vec<Result<Bytes, String>> {
+        let mut out = Vec::new();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        while let std::task::Poll::Ready(Some(item)) = body.as_mut().poll_next(&mut cx) {
+            out.push(item.map_err(|e| e.to_string()));
+        }
+        out
     }
 
     #[test]
-    fn the_last_chunk_waits_for_the_verdict() {
-        let (mut r, mut rx) = relay();
+    fn the_last_bytes_wait_for_the_verdict() {
+        let (mut r, mut body) = relay();
         r.pass(Bytes::from_static(b"a"));
         r.pass(Bytes::from_static(b"b"));
-        assert_eq!(drain(&mut rx), vec![Ok(Bytes::from_static(b"a"))], "b is held back");
+        // HTTP/2 ends a body with an empty frame: it must not free "b".
+        r.pass(Bytes::new());
+        assert_eq!(drain(&mut body), vec![Ok(Bytes::from_static(b"a"))], "b is held back");
         r.finish(true);
-        assert_eq!(drain(&mut rx), vec![Ok(Bytes::from_static(b"b"))]);
+        assert_eq!(drain(&mut body), vec![Ok(Bytes::from_static(b"b"))]);
 
-        let (mut r, mut rx) = relay();
+        let (mut r, mut body) = relay();
         r.pass(Bytes::from_static(b"a"));
+        r.pass(Bytes::from_static(b"b"));
         r.finish(false);
-        let got = drain(&mut rx);
-        assert!(matches!(got.as_slice(), [Err(e)] if e.contains("did not verify")), "{got:?}");
+        let got = drain(&mut body);
+        assert!(matches!(got.as_slice(), [Ok(_), Err(e)] if e.contains("did not verify")), "{got:?}");
     }
 
     #[test]
     fn a_client_that_falls_behind_is_let_go() {
-        let (mut r, mut rx) = relay();
-        for c in [b"1", b"2", b"3", b"4"] {
-            r.pass(Bytes::from_static(c));
+        let (mut r, mut body) = relay();
+        let big = Bytes::from(vec![0u8; CLIENT_BACKLOG / 2 + 1]);
+        for _ in 0..4 {
+            r.pass(big.clone());
         }
-        assert!(r.client.is_none(), "the third chunk did not fit");
+        assert!(r.client.is_none(), "the second unread chunk passed the backlog");
         r.finish(true);
-        assert_eq!(drain(&mut rx).len(), 2, "nothing more is sent, so its body ends short");
+        assert_eq!(drain(&mut body).len(), 1, "nothing more is sent, so its body ends short");
+
+        // A client that keeps up is never let go.
+        let (mut r, mut body) = relay();
+        for _ in 0..10 {
+            r.pass(big.clone());
+            drain(&mut body);
+        }
+        assert!(r.client.is_some());
     }
 }

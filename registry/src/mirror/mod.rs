@@ -75,6 +75,8 @@ pub enum FetchError {
     Invalid(String),
     #[error("storing what the upstream sent: {0}")]
     Storage(Arc<storage::Error>),
+    #[error("too many downloads from the upstream at once; retry later")]
+    Busy,
     #[error("the fetch failed")]
     Crashed,
 }

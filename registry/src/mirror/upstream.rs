@@ -165,6 +165,9 @@ impl Upstream {
                     self.answer(challenge, repo).await?;
                     answered = true;
                 }
+                // Docker Hub answers a repository that does not exist this way,
+                // even to a valid token.
+                StatusCode::UNAUTHORIZED if insufficient_scope(&response) => return Ok(None),
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                     return Err(FetchError::Refused(format!("{} for {path}", response.status())));
                 }
@@ -198,6 +201,10 @@ impl Upstream {
                 self.auth.lock().unwrap().basic = true;
             }
             Challenge::Bearer { realm, service } => {
+                // Credentials never travel in clear from an upstream reached over TLS.
+                if self.base.starts_with("https://") && !realm.starts_with("https://") {
+                    return Err(FetchError::Refused(format!("a token realm without TLS: {realm}")));
+                }
                 let (token, life) = self.token(&realm, service.as_deref(), repo).await?;
                 let mut auth = self.auth.lock().unwrap();
                 if auth.tokens.len() >= MAX_TOKENS {
@@ -237,6 +244,14 @@ impl Upstream {
             .ok_or_else(|| FetchError::Refused("the token server sent no token".into()))?;
         Ok((token, Duration::from_secs(answer.expires_in.unwrap_or(DEFAULT_TOKEN_SECS).clamp(10, 3600))))
     }
+}
+
+fn insufficient_scope(response: &Response) -> bool {
+    response
+        .headers()
+        .get(WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("error=\"insufficient_scope\""))
 }
 
 fn token_url(realm: &str, service: Option<&str>, repo: &str) -> String {

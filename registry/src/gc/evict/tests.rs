@@ -38,7 +38,7 @@ fn the_least_recently_used_go_until_the_rest_fits() {
     // 353 bytes in all; a cap of 260 needs one image gone: the oldest.
     let (evict, freed) = choose(images(), &sizes(), 260);
     assert_eq!(freed, 101, "v1's layer and manifest; the shared base stays");
-    assert_eq!(evict["hub/app"].tags, HashSet::from(["v1".to_owned()]));
+    assert_eq!(evict["hub/app"].tags, HashSet::from([("v1".to_owned(), d("v1"))]));
     assert_eq!(evict["hub/app"].digests, HashSet::from([d("v1")]));
     // A cap below the shared base takes every image with it.
     let (evict, freed) = choose(images(), &sizes(), 10);
@@ -52,7 +52,7 @@ fn pinned_images_are_never_chosen() {
     let mut all = images();
     all[1].pinned = true; // v1: a running pod uses it
     let (evict, freed) = choose(all, &sizes(), 260);
-    assert_eq!(evict["hub/app"].tags, HashSet::from(["v2".to_owned()]), "the next oldest instead");
+    assert_eq!(evict["hub/app"].tags, HashSet::from([("v2".to_owned(), d("v2"))]), "the next oldest instead");
     assert_eq!(freed, 101);
     let all_pinned: Vec<Image> = images().into_iter().map(|i| Image { pinned: true, ..i }).collect();
     assert!(choose(all_pinned, &sizes(), 0).0.is_empty(), "over the cap, but nothing may go");
