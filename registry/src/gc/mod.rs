@@ -11,7 +11,7 @@
 //! If a repository cannot be passed over (its lock stays taken, a read fails),
 //! step 3 is skipped: what that repository references is unknown.
 
-mod evict;
+pub(crate) mod evict;
 pub mod exchange;
 mod plan;
 mod protected;

@@ -213,3 +213,34 @@ fn unreadable_content_keeps_every_link() {
     let readable = decide(&repo.snap, |_| Some(References::default()), &inputs);
     assert_eq!(readable.plan.manifests, vec![d("child")], "the rule itself would delete it");
 }
+
+#[test]
+fn an_eviction_spares_what_changed_since_it_was_chosen() {
+    use crate::gc::evict::Eviction;
+    let repo = Repo::new()
+        .image("old", 30 * DAY, &["l1"])
+        .image("moved-to", 30 * DAY, &["l2"])
+        .image("pulled", 30 * DAY, &["l3"])
+        .pulled("pulled", Duration::from_secs(60))
+        .tag("gone", "old", 30 * DAY)
+        .tag("moved", "moved-to", 30 * DAY)
+        .tag("fresh", "pulled", 30 * DAY);
+    let evict = Eviction {
+        // Chosen when "moved" still pointed at "old".
+        tags: [("gone", "old"), ("moved", "old"), ("fresh", "pulled")].map(|(t, m)| (t.to_owned(), d(m))).into(),
+        digests: [d("old"), d("pulled")].into(),
+    };
+    let protected = Protected::default();
+    let inputs = Inputs {
+        rule: None,
+        rule_dry_run: false,
+        protected: &protected,
+        now: repo.now,
+        cutoff: repo.now - HOUR,
+        evict: Some(&evict),
+    };
+    let out = decide(&repo.snap, |i| Some(repo.refs[i].clone()), &inputs);
+    assert_eq!(out.plan.tags, vec!["gone".to_owned()], "the moved tag and the one pulled within the grace stay");
+    assert_eq!(out.plan.manifests, vec![d("old")]);
+    assert_eq!(out.plan.links, vec![d("l1")]);
+}
