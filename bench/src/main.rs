@@ -3,6 +3,7 @@
 //! noisy machine. Prints a Markdown table (and writes it with `--out`). With
 //! `--s3`, berth and Distribution v3 keep their content in one MinIO instead.
 
+mod mirror;
 mod observe;
 mod s3;
 mod workloads;
@@ -16,9 +17,10 @@ use workloads::*;
 
 #[derive(Parser)]
 struct Args {
-    /// Size of the large blob, MiB.
-    #[arg(long, default_value_t = 512)]
-    blob_mib: usize,
+    /// Size of the large blob, MiB (default 512); with --mirror, of the whole
+    /// image (default 64).
+    #[arg(long)]
+    blob_mib: Option<usize>,
     /// Rounds; each server is measured once per round, in turn, and the median is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -60,6 +62,20 @@ struct Args {
     /// what observing costs manifest GETs.
     #[arg(long)]
     observe: bool,
+    /// Pull-through caches: a berth mirror and Distribution v3's proxy, cold
+    /// and warm, in front of one Distribution v3 upstream; berth with the
+    /// image pushed to it is the reference for warm pulls.
+    #[arg(long)]
+    mirror: bool,
+    /// Concurrent clients, each pulling the whole image (with --mirror).
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+}
+
+impl Args {
+    fn blob_mib(&self) -> usize {
+        self.blob_mib.unwrap_or(512)
+    }
 }
 
 const REGISTRIES: [Kind; 3] = [Kind::Berth, Kind::Distribution, Kind::DebianRegistry];
@@ -104,11 +120,25 @@ async fn main() {
         }
         return;
     }
+    if args.mirror {
+        let (table, failures) = mirror::run(&args, &bins).await;
+        println!("{table}");
+        if let Some(out) = &args.out {
+            std::fs::write(out, &table).unwrap();
+        }
+        for f in &failures {
+            eprintln!("FAILED: {f}");
+        }
+        if !failures.is_empty() {
+            std::process::exit(1);
+        }
+        return;
+    }
     let client = reqwest::Client::new();
     let mut s = Samples::new();
-    eprintln!("generating {} MiB blobs", args.blob_mib);
-    let mono = Blob::generate(args.blob_mib, 1, 1);
-    let chunked = Blob::generate(args.blob_mib, 1, 2);
+    eprintln!("generating {} MiB blobs", args.blob_mib());
+    let mono = Blob::generate(args.blob_mib(), 1, 1);
+    let chunked = Blob::generate(args.blob_mib(), 1, 2);
 
     if args.s3 {
         let profile = s3::run(&args, &bins, &mut s, &mono, &chunked).await;
@@ -246,7 +276,7 @@ fn render(s: &Samples, args: &Args) -> String {
     let mut out = format!(
         "Medians of {} interleaved rounds; large blob {} MiB; {setting}.\n\n| metric | {} | berth / distribution v3 |\n|---|{}---|\n",
         args.rounds,
-        args.blob_mib,
+        args.blob_mib(),
         columns.iter().map(|k| k.label()).collect::<Vec<_>>().join(" | "),
         "---|".repeat(columns.len())
     );

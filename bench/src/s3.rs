@@ -213,7 +213,7 @@ async fn profile(args: &Args, bins: &Binaries, minio: &Server, mono: &Blob, chun
          Times per operation, ms: in S3 requests (their durations summed) / in all; CPU of the registry / of MinIO.\n\n\
          | operation | berth | S3 / total | CPU berth / MinIO | distribution v3.1.1 | S3 / total | CPU distribution / MinIO |\n\
          |---|---|---|---|---|---|---|\n",
-        args.blob_mib
+        args.blob_mib()
     );
     for (b, d) in by_kind[0].iter().zip(&by_kind[1]) {
         out += &format!("| {} | {} | {} | {} | {} |\n", b.op, b.requests(), b.times_ms(), d.requests(), d.times_ms());

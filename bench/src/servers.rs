@@ -165,6 +165,23 @@ impl Server {
         Server::spawn(Kind::Berth, c, dir, port).await
     }
 
+    /// Distribution v3 on the file system with `log` as its `log:` setting and
+    /// `extra` (top-level YAML, e.g. a `proxy:` section) at the end of its
+    /// configuration. What it logs goes to `dir/stderr.log`.
+    pub async fn start_distribution(bins: &Binaries, log: &str, extra: &str) -> Server {
+        let dir = tempfile::Builder::new().prefix("berth-bench.").tempdir_in(bench_tmp()).unwrap();
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        let yaml = format!(
+            "version: 0.1\nlog: {log}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: '127.0.0.1:{port}'}}\n{extra}",
+            dir.path().join("data").display()
+        );
+        std::fs::write(&config, yaml).unwrap();
+        let mut c = Command::new(&bins.distribution);
+        c.arg("serve").arg(config).env("OTEL_TRACES_EXPORTER", "none");
+        Server::spawn(Kind::Distribution, c, dir, port).await
+    }
+
     /// MinIO (single drive) with the bucket [`minio::BUCKET`]; the root user's
     /// credentials are in the files of `dir/creds`, as berth's `credentialsDir` reads them.
     pub async fn start_minio(bin: &Path) -> Server {

@@ -26,9 +26,15 @@ impl Blob {
 
     /// Pseudo-random content (incompressible, so no layer of the stack can cheat).
     pub fn generate(mib: usize, repeat: usize, seed: u64) -> Blob {
+        Blob::random(mib << 20, repeat, seed)
+    }
+
+    /// [`Blob::generate`] of `len` bytes, a multiple of 8.
+    pub fn random(len: usize, repeat: usize, seed: u64) -> Blob {
+        assert_eq!(len % 8, 0, "blob lengths are whole 8-byte words");
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let mut chunks = Vec::new();
-        let mut left = mib << 20;
+        let mut left = len;
         while left > 0 {
             let n = left.min(CHUNK);
             let mut buf = Vec::with_capacity(n);

@@ -90,6 +90,26 @@ impl Error {
     }
 }
 
+impl Error {
+    /// A mirror's fetch that gave nothing to serve: what the upstream lacks is
+    /// unknown here too; an upstream that failed is this server's trouble (503,
+    /// with the reason), never the client's.
+    pub fn from_fetch(e: crate::mirror::FetchError, blob: bool) -> Self {
+        use crate::mirror::FetchError as F;
+        match e {
+            F::NotFound if blob => Error::BlobUnknown,
+            F::NotFound => Error::ManifestUnknown("manifest unknown to the upstream registry".into()),
+            F::Storage(e) => match std::sync::Arc::try_unwrap(e) {
+                Ok(e) => e.into(),
+                Err(e) if matches!(*e, storage::Error::StorageFull(_)) => Error::InsufficientStorage,
+                Err(e) if matches!(*e, storage::Error::QuotaExceeded(_)) => Error::Denied(e.to_string()),
+                Err(e) => Error::Internal(e.to_string()),
+            },
+            e => Error::Unavailable(format!("mirror: {e}")),
+        }
+    }
+}
+
 impl From<storage::Error> for Error {
     fn from(e: storage::Error) -> Self {
         use storage::Error as S;

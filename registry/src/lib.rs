@@ -24,6 +24,8 @@ mod kube_client;
 #[cfg(feature = "server")]
 pub mod manifest;
 #[cfg(feature = "server")]
+pub mod mirror;
+#[cfg(feature = "server")]
 pub mod names;
 #[cfg(feature = "server")]
 pub mod net;

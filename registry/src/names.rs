@@ -91,6 +91,15 @@ impl FromStr for Reference {
     }
 }
 
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Tag(t) => t.fmt(f),
+            Reference::Digest(d) => d.fmt(f),
+        }
+    }
+}
+
 /// An upload session's id: a UUID in its hyphenated lower-case form, so it is
 /// safe as a file name and a URL segment. Anything else is an unknown session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -123,7 +123,8 @@ pub async fn build(config: Config) -> Result<Built, String> {
     };
     tokio::spawn(purge(storage.clone(), age));
     let exchange = config.gc.kubernetes.as_ref().map(|k| Arc::new(Exchange::new(k)));
-    let collector = Arc::new(Collector::new(backend, config.gc.clone(), config.retention.clone()));
+    let collector =
+        Arc::new(Collector::new(backend, config.gc.clone(), config.retention.clone()).with_mirrors(&config.mirrors));
     let requests = exchange.clone().map(|e| e as Arc<dyn crate::gc::schedule::Requests>);
     let mut hooks = Hooks::from_book(usage.clone());
     let counted = metrics.clone();

@@ -19,16 +19,8 @@ use crate::storage::StoredManifest;
 
 pub async fn get(app: &App, repo: &RepoName, reference: &str, req: Req, head: bool) -> Result<Response> {
     let reference: Reference = reference.parse()?;
-    let (digest, stored, by_tag) = match reference {
-        Reference::Digest(d) => {
-            let stored = app.storage.manifest_get(repo, &d).await?.ok_or_else(Error::manifest_unknown)?;
-            (d, stored, false)
-        }
-        Reference::Tag(t) => {
-            let (d, stored) = app.storage.tag_manifest(repo, &t).await?.ok_or_else(Error::manifest_unknown)?;
-            (d, stored, true)
-        }
-    };
+    let by_tag = matches!(reference, Reference::Tag(_));
+    let (digest, stored) = load(app, repo, &reference).await?.ok_or_else(Error::manifest_unknown)?;
     let accepts = Accepts::from_values(req.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()));
     let (digest, stored) = match Kind::from_media_type(&stored.media_type) {
         Some((kind, _)) => match negotiate::decide(kind, accepts, by_tag)? {
@@ -56,6 +48,18 @@ pub async fn get(app: &App, repo: &RepoName, reference: &str, req: Req, head: bo
     h.insert("docker-content-digest", header_value(&digest.to_string()));
     h.insert(header::ETAG, header_value(&format!("\"{digest}\"")));
     Ok(response)
+}
+
+/// The manifest `reference` names: from storage, or through the repository's mirror.
+async fn load(app: &App, repo: &RepoName, reference: &Reference) -> Result<Option<(Digest, StoredManifest)>> {
+    if let Some((mirror, upstream)) = app.mirrors.find(repo) {
+        let found = mirror.manifest(&app.storage, &app.policy, repo, &upstream, reference).await;
+        return found.map(Some).map_err(|e| Error::from_fetch(e, false));
+    }
+    Ok(match reference {
+        Reference::Digest(d) => app.storage.manifest_get(repo, d).await?.map(|m| (d.clone(), m)),
+        Reference::Tag(t) => app.storage.tag_manifest(repo, t).await?,
+    })
 }
 
 fn etag_matches(headers: &HeaderMap, digest: &Digest) -> bool {
@@ -87,11 +91,12 @@ async fn default_platform(
                 .is_some_and(|p| p.os == negotiate::DEFAULT_OS && p.architecture == negotiate::DEFAULT_ARCHITECTURE)
         })
         .ok_or_else(|| Error::ManifestUnknown("the manifest list has no linux/amd64 manifest".into()))?;
-    let stored = app.storage.manifest_get(repo, &child.digest).await?.ok_or_else(Error::manifest_unknown)?;
+    let child = Reference::Digest(child.digest.clone());
+    let (digest, stored) = load(app, repo, &child).await?.ok_or_else(Error::manifest_unknown)?;
     if let Some((kind, _)) = Kind::from_media_type(&stored.media_type) {
         negotiate::check_default_platform(kind, accepts)?;
     }
-    Ok((child.digest.clone(), stored))
+    Ok((digest, stored))
 }
 
 /// Reads a manifest body, refusing it as soon as it passes the size limit or the

@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::Policy;
+use crate::mirror::Mirrors;
 use crate::names::{RepoName, UploadId};
 use crate::observe::{Health, Metrics};
 use crate::storage::{ByteStream, Storage};
@@ -38,8 +39,9 @@ use crate::storage::{ByteStream, Storage};
 /// Everything a request handler needs.
 pub struct App {
     pub config: Config,
-    pub policy: Policy,
+    pub policy: Arc<Policy>,
     pub storage: Arc<dyn Storage>,
+    pub mirrors: Mirrors,
     pub auth: Arc<Auth>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
@@ -53,10 +55,12 @@ impl App {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Result<Arc<Self>, String> {
-        let policy = Policy::new(&config.manifests)?;
+        let policy = Arc::new(Policy::new(&config.manifests)?);
+        let mirrors = Mirrors::new(&config.mirrors, &policy, &metrics.mirror_requests, &metrics.mirror_upstream_bytes)
+            .map_err(|e| format!("mirrors: {e}"))?;
         let limits = limits::Limits::new(&config.limits, metrics.uploads_in_flight.clone());
         let auth = Auth::new(&config.auth, Lookups::of(&metrics.auth_cache)).map_err(|e| e.to_string())?;
-        Ok(Arc::new(App { config, policy, storage, auth, metrics, health, limits }))
+        Ok(Arc::new(App { config, policy, storage, mirrors, auth, metrics, health, limits }))
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -64,6 +68,16 @@ impl App {
             return Err(Error::Unsupported("this registry is read-only".into()));
         }
         Ok(())
+    }
+
+    /// Mirrored repositories hold copies of the upstream's: no client writes them.
+    fn check_not_mirrored(&self, repo: &RepoName) -> Result<()> {
+        match self.mirrors.find(repo) {
+            Some((mirror, _)) => {
+                Err(Error::Denied(format!("repository {repo} mirrors {}; it is read-only", mirror.upstream_url())))
+            }
+            None => Ok(()),
+        }
     }
 
     fn check_deletable(&self) -> Result<()> {
@@ -121,6 +135,15 @@ enum Endpoint {
 }
 
 impl Endpoint {
+    /// The repository a request with `method` writes, if it writes one.
+    fn written(&self, method: &Method) -> Option<&RepoName> {
+        match (self, method) {
+            (Endpoint::Manifest(r, _) | Endpoint::Blob(r, _), &Method::PUT | &Method::DELETE) => Some(r),
+            (Endpoint::UploadStart(r) | Endpoint::Upload(r, _), _) => Some(r),
+            _ => None,
+        }
+    }
+
     /// Puts the repository and the reference into the request's span (when
     /// anything wants spans).
     fn record_in_span(&self) {
@@ -236,6 +259,9 @@ async fn route(app: &App, rest: &str, mut req: Req) -> Result<Response> {
         && let Some(scope) = access::scope(&endpoint, &method)
     {
         req.identity = access::check(app, &req.headers, &scope).await?;
+    }
+    if let Some(repo) = endpoint.written(&method) {
+        app.check_not_mirrored(repo)?;
     }
     match (endpoint, method) {
         (Endpoint::Catalog, Method::GET) => catalog::list(app, req).await,

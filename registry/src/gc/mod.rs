@@ -11,6 +11,7 @@
 //! If a repository cannot be passed over (its lock stays taken, a read fails),
 //! step 3 is skipped: what that repository references is unknown.
 
+mod evict;
 pub mod exchange;
 mod plan;
 mod protected;
@@ -22,10 +23,11 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
+use evict::Eviction;
 pub use plan::{Decision, Inputs, Protected, References, decide};
 pub use protected::ProtectedSet;
 
-use crate::config::{CollectorConfig, ManifestsConfig, RetentionConfig};
+use crate::config::{CollectorConfig, ManifestsConfig, MirrorConfig, RetentionConfig, mirror_for};
 use crate::digest::Digest;
 use crate::manifest::Policy;
 use crate::names::RepoName;
@@ -49,6 +51,8 @@ pub struct Collector {
     /// Every manifest handler on: stored manifests are read whatever the
     /// configuration accepts for new pushes now.
     parser: Policy,
+    /// Mirrors whose byte cap the collector keeps.
+    mirrors: Vec<MirrorConfig>,
 }
 
 /// How one run goes: a full collection, or only counting.
@@ -66,7 +70,12 @@ impl Collector {
         let mut all = ManifestsConfig::default();
         all.docker.schema1 = true;
         let parser = Policy::new(&all).expect("the default manifest configuration is valid");
-        Collector { storage, gc, retention, parser }
+        Collector { storage, gc, retention, parser, mirrors: Vec::new() }
+    }
+
+    /// Keeps the caps of `mirrors` too.
+    pub fn with_mirrors(self, mirrors: &[MirrorConfig]) -> Collector {
+        Collector { mirrors: mirrors.iter().filter(|m| m.max_bytes.is_some()).cloned().collect(), ..self }
     }
 
     pub fn config(&self) -> &CollectorConfig {
@@ -87,6 +96,7 @@ impl Collector {
         self: &Arc<Self>,
         mode: Mode,
         protected: Arc<ProtectedSet>,
+        evictions: Arc<HashMap<String, Eviction>>,
         now: SystemTime,
         cutoff: SystemTime,
     ) -> Planner {
@@ -97,7 +107,8 @@ impl Collector {
                 Mode::Count => None,
             };
             let protected = protected.for_repo(repo);
-            let inputs = Inputs { rule, rule_dry_run: me.retention.dry_run, protected: &protected, now, cutoff };
+            let evict = evictions.get(repo.as_str());
+            let inputs = Inputs { rule, rule_dry_run: me.retention.dry_run, protected: &protected, now, cutoff, evict };
             let decision = decide(snap, |i| me.references(snap, i), &inputs);
             log_decision(repo, &decision, mode);
             decision.plan
@@ -122,7 +133,11 @@ impl Collector {
         // Times in the storage are stamped by its clock, not ours.
         let now = self.storage.clock().await?;
         let cutoff = now.checked_sub(self.gc.grace_period.0).unwrap_or(SystemTime::UNIX_EPOCH);
-        let planner = self.planner(mode, Arc::new(protected), now, cutoff);
+        let evictions = match mode {
+            Mode::Collect { .. } => self.evictions(&protected, cutoff).await?,
+            Mode::Count => HashMap::new(),
+        };
+        let planner = self.planner(mode, Arc::new(protected), Arc::new(evictions), now, cutoff);
         let mut run = Run::default();
         for repo in self.storage.collectable_repositories().await? {
             match self.storage.collect_repository(&repo, planner.clone(), cutoff, dry_run).await {
@@ -168,6 +183,64 @@ impl Collector {
             error: run.error,
         };
         Ok(Some((collection, tally)))
+    }
+
+    /// For each mirror over its cap: the least recently used images to evict.
+    /// A repository that cannot be read is left out (its images are neither
+    /// counted nor chosen), so a partial view evicts less, never more.
+    async fn evictions(
+        self: &Arc<Self>,
+        protected: &ProtectedSet,
+        cutoff: SystemTime,
+    ) -> Result<HashMap<String, Eviction>, Error> {
+        let mut out = HashMap::new();
+        if self.mirrors.is_empty() {
+            return Ok(out);
+        }
+        let repos = self.storage.collectable_repositories().await?;
+        let sizes: HashMap<Digest, u64> =
+            self.storage.stored_blobs().await?.into_iter().map(|b| (b.digest, b.size)).collect();
+        for mirror in &self.mirrors {
+            let cap = mirror.max_bytes.unwrap_or(u64::MAX);
+            let mut images = Vec::new();
+            for repo in repos.iter().filter(|r| mirror_for(std::slice::from_ref(mirror), r.as_str()).is_some()) {
+                match self.images(repo, protected, cutoff).await {
+                    Ok(found) => images.extend(found),
+                    Err(e) => {
+                        tracing::warn!(target: "gc", repository = %repo, error = %e, "not counted for the mirror's cap")
+                    }
+                }
+            }
+            let (chosen, freed) = evict::choose(images, &sizes, cap);
+            for (repo, e) in &chosen {
+                tracing::info!(target: "gc", mirror = %mirror.prefix, repository = %repo, tags = ?e.tags,
+                    manifests = e.digests.len(), "evicting least recently used images over the mirror's cap");
+            }
+            if !chosen.is_empty() {
+                tracing::info!(target: "gc", mirror = %mirror.prefix, cap, freed, "mirror over its cap");
+            }
+            out.extend(chosen);
+        }
+        Ok(out)
+    }
+
+    /// A repository's images, read under its lock without changing anything.
+    async fn images(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        protected: &ProtectedSet,
+        cutoff: SystemTime,
+    ) -> Result<Vec<evict::Image>, Error> {
+        let found = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (me, sink, guarded) = (self.clone(), found.clone(), protected.for_repo(repo));
+        let planner: Planner = Arc::new(move |repo: &RepoName, snap: &RepoSnapshot| {
+            let images = evict::images(repo.as_str(), snap, |i| me.references(snap, i), &guarded, cutoff);
+            sink.lock().unwrap().extend(images);
+            Default::default()
+        });
+        self.storage.collect_repository(repo, planner, cutoff, true).await?;
+        let images = std::mem::take(&mut *found.lock().unwrap());
+        Ok(images)
     }
 
     /// Saves `report` where every process sharing the storage finds it.

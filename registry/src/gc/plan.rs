@@ -16,6 +16,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::SystemTime;
 
+use super::evict::Eviction;
 use crate::config::{RetentionRule, tag_matches};
 use crate::digest::Digest;
 use crate::storage::lifecycle::{RepoPlan, RepoSnapshot};
@@ -44,6 +45,8 @@ pub struct Inputs<'a> {
     pub now: SystemTime,
     /// Content and tags younger than this are kept whatever a rule says.
     pub cutoff: SystemTime,
+    /// A mirror over its cap: tags that go and manifests that stop being roots.
+    pub evict: Option<&'a Eviction>,
 }
 
 /// A repository's plan, and what the rule would have deleted in a dry run.
@@ -63,6 +66,14 @@ fn within(time: Option<SystemTime>, now: SystemTime, span: Option<crate::config:
 
 /// The tags that stay under `inputs`.
 fn kept_tags(snap: &RepoSnapshot, inputs: &Inputs, with_protected: bool) -> HashSet<String> {
+    let mut kept = ruled_tags(snap, inputs, with_protected);
+    if let Some(evict) = inputs.evict {
+        kept.retain(|t| !evict.tags.contains(t));
+    }
+    kept
+}
+
+fn ruled_tags(snap: &RepoSnapshot, inputs: &Inputs, with_protected: bool) -> HashSet<String> {
     let Some(rules) = inputs.rule.and_then(|r| r.tags.as_ref()) else {
         return snap.tags.iter().map(|t| t.name.clone()).collect();
     };
@@ -123,7 +134,8 @@ pub fn decide(snap: &RepoSnapshot, references: impl Fn(usize) -> Option<Referenc
     let untagged_after = inputs.rule.and_then(|r| r.untagged_after);
     let is_root = |i: usize, with_protected: bool| {
         let m = &snap.manifests[i];
-        untagged_after.is_none()
+        let evicted = inputs.evict.is_some_and(|e| e.digests.contains(&m.digest));
+        (untagged_after.is_none() && !evicted)
             || parsed[i].is_none()
             || m.pushed >= inputs.cutoff
             || within(Some(m.pushed), inputs.now, untagged_after)

@@ -145,6 +145,21 @@ impl Policy {
         }
     }
 
+    /// The `Accept` header that asks another registry for every enabled type,
+    /// indexes first.
+    pub fn accept_header(&self) -> String {
+        let kinds = [
+            (Kind::OciImageIndex, oci_index::MEDIA_TYPE),
+            (Kind::DockerManifestList, docker_manifest_list::MEDIA_TYPE),
+            (Kind::OciImageManifest, oci_manifest::MEDIA_TYPE),
+            (Kind::DockerSchema2, docker_schema2::MEDIA_TYPE),
+            (Kind::DockerSchema1, docker_schema1::SIGNED_MEDIA_TYPE),
+            (Kind::DockerSchema1, docker_schema1::MEDIA_TYPE),
+        ];
+        let types: Vec<&str> = kinds.iter().filter(|(k, _)| self.enabled(*k)).map(|(_, t)| *t).collect();
+        types.join(", ")
+    }
+
     /// Picks the handler for `content_type`, refuses disabled ones, and parses.
     pub fn parse(&self, content_type: Option<&str>, bytes: &[u8]) -> Result<Parsed, Error> {
         let essence = content_type.map(|ct| ct.split(';').next().unwrap_or("").trim()).unwrap_or("");

@@ -142,6 +142,23 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// A mirror (its prefix, from the configuration), what was asked for
+/// (`manifest`, `blob`) and how it was answered: `hit` from storage, `miss`
+/// fetched, `linked` (a blob already stored for another repository, linked once
+/// the upstream confirmed this one has it), `revalidated` (a tag confirmed upstream), `stale` (served cached
+/// while the upstream failed), `coalesced` (joined a fetch in progress), `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub mirror: String,
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorBytesLabels {
+    pub mirror: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
@@ -176,6 +193,8 @@ pub struct Metrics {
     gc_freed: Counter,
     gc_deleted: Family<KindLabels, Counter>,
     gc_last_run: Gauge,
+    pub mirror_requests: Family<MirrorLabels, Counter>,
+    pub mirror_upstream_bytes: Family<MirrorBytesLabels, Counter>,
     registry: Registry,
 }
 
@@ -203,6 +222,8 @@ impl Metrics {
             gc_freed: Counter::default(),
             gc_deleted: Family::default(),
             gc_last_run: Gauge::default(),
+            mirror_requests: Family::default(),
+            mirror_upstream_bytes: Family::default(),
             registry: Registry::default(),
         };
         r.register("http_requests", "HTTP requests answered, by route, method and status class", m.requests.clone());
@@ -241,6 +262,12 @@ impl Metrics {
         r.register("gc_freed_bytes", "Bytes freed by garbage collection", m.gc_freed.clone());
         r.register("gc_deleted", "Objects deleted by garbage collection, by kind", m.gc_deleted.clone());
         r.register("gc_last_run_timestamp_seconds", "When the last collection finished", m.gc_last_run.clone());
+        r.register("mirror_requests", "Pulls through mirrors, by mirror, kind and result", m.mirror_requests.clone());
+        r.register(
+            "mirror_upstream_bytes",
+            "Bytes mirrors fetched from their upstreams",
+            m.mirror_upstream_bytes.clone(),
+        );
         m.zero_known_series();
         let info = Family::<VersionLabels, Gauge>::default();
         info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod minio;
+pub mod upstream;
 
 use std::path::{Path, PathBuf};
 

@@ -63,7 +63,7 @@ impl Repo {
     }
 
     fn decide(&self, rule: Option<&RetentionRule>, protected: &Protected, rule_dry_run: bool) -> Decision {
-        let inputs = Inputs { rule, rule_dry_run, protected, now: self.now, cutoff: self.now - HOUR };
+        let inputs = Inputs { rule, rule_dry_run, protected, now: self.now, cutoff: self.now - HOUR, evict: None };
         decide(&self.snap, |i| Some(self.refs[i].clone()), &inputs)
     }
 }
@@ -198,6 +198,7 @@ fn unreadable_content_keeps_every_link() {
         protected: &Protected::default(),
         now: repo.now,
         cutoff: repo.now - HOUR,
+        evict: None,
     };
     let out = decide(&repo.snap, |_| None, &inputs);
     assert!(out.plan.links.is_empty() && out.plan.manifests.is_empty());
