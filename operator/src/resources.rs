@@ -25,7 +25,7 @@ pub use auth::{
 };
 mod lifecycle;
 pub use lifecycle::{
-    collector_config, gc_requests, gc_requests_name, registry_hosts, registry_role, registry_role_binding,
+    collector_config, gc_requests, gc_requests_name, image_hosts, registry_hosts, registry_role, registry_role_binding,
     registry_role_name, usage_config_map, usage_name,
 };
 mod mirror;
