@@ -264,6 +264,12 @@ mirror_on_node() {
   [ ${#refs[@]} -gt 0 ] && "${ctr[@]}" images rm --sync "${refs[@]}" >/dev/null 2>&1 || { echo "image $digest not removed"; return 1; }
   pod_runs mirrored-2 "$host/app:v1" || return 1
   [ "$(upstream_blob_gets)" = "$before" ] || { echo "the upstream served blobs again: $before, then $(upstream_blob_gets)"; return 1; }
+  # The running pod names the upstream, not the registry: kept from the collector under the prefix all the same.
+  for _ in $(seq 1 30); do
+    kubectl get configmap registry-gc-requests -o 'jsonpath={.data.protected}' | grep -qx 'up/app:v1' && break; sleep 1
+  done
+  kubectl get configmap registry-gc-requests -o 'jsonpath={.data.protected}' | grep -qx 'up/app:v1' ||
+    { echo "up/app:v1 not protected"; return 1; }
   kubectl delete pod mirrored-2 --wait=false >/dev/null
   # Off: the node pods roll and the old ones remove their files, and only theirs.
   kubectl patch registry registry --type merge -p '{"spec":{"nodeAccess":{"containerdMirrors":{"enabled":false}}}}' >/dev/null || return 1
@@ -278,7 +284,7 @@ pull_through_on_node() {
   kill "$upstream_pid" 2>/dev/null; wait "$upstream_pid" 2>/dev/null; upstream_pid=""
   return $rc
 }
-check "mirrors: a pod runs from a TLS+Basic upstream through the node's containerd hosts.toml; the next pull is the cache's" \
+check "mirrors: a pod runs from a TLS+Basic upstream through the node's hosts.toml; the next pull is the cache's; it is protected" \
   pull_through_on_node
 
 # A second Registry with htpasswd users and TLS from Secrets: the Secret volumes
