@@ -80,7 +80,7 @@ operator_pid=$!
 examples_reconcile() {
   kubectl apply --server-side -f manifests/examples/ >/dev/null || return 1
   local name
-  for name in registry images local objects watched; do
+  for name in registry images local objects watched mirror; do
     for _ in $(seq 1 120); do
       [ -n "$(kubectl -n default get registry "$name" -o jsonpath='{.status.endpoint}' 2>/dev/null)" ] &&
         kubectl -n default get deployment "$name" >/dev/null 2>&1 && continue 2
@@ -89,7 +89,7 @@ examples_reconcile() {
     echo "Registry $name was not reconciled; operator log:"; tail -20 "$work/operator.log"
     return 1
   done
-  for name in registry images local objects watched; do
+  for name in registry images local objects watched mirror; do
     kubectl -n default get serviceaccount "$name-registry" >/dev/null || return 1
     [ "$(kubectl get clusterrolebinding "berth:registry:default:$name" -o jsonpath='{.roleRef.name}')" = system:auth-delegator ] ||
       return 1
@@ -100,6 +100,7 @@ examples_reconcile() {
     ! kubectl -n default get poddisruptionbudget registry >/dev/null 2>&1 &&
     ! kubectl -n default get pvc objects-data >/dev/null 2>&1 &&
     kubectl -n default get daemonset local-node-access >/dev/null &&
+    [ "$(kubectl -n default get daemonset mirror-node-access -o jsonpath='{.spec.template.spec.containers[*].name}')" = "forward containerd-mirrors" ] &&
     kubectl -n kube-public get configmap local-registry-hosting >/dev/null &&
     kubectl -n berth-system get lease berth-operator >/dev/null &&
     [ "$(kubectl -n default get servicemonitors.monitoring.coreos.com watched -o jsonpath='{.spec.endpoints[0].port}')" = metrics ] &&

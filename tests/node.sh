@@ -20,8 +20,10 @@ for p in "${fixed_paths[@]}"; do [ -e "$p" ] || absent_before+=("$p"); done
 
 work=$(mktemp -d)
 pf_pid=""
+upstream_pid=""
 cleanup() {
   [ -n "$pf_pid" ] && kill "$pf_pid" 2>/dev/null
+  [ -n "$upstream_pid" ] && kill "$upstream_pid" 2>/dev/null
   tests/controlplane/down "$work/cp" >/dev/null 2>&1
   rm -rf "$work"
 }
@@ -205,6 +207,85 @@ lifecycle_in_cluster() {
 }
 check "lifecycle: the registry pod reports usage to the status, sees the running pods' images, collects on demand" \
   lifecycle_in_cluster
+
+# Pull-through on the node: an upstream Distribution in the gateway's namespace (the
+# node's default route) with TLS from its own CA and Basic auth, mirrored under the
+# prefix `up`; with containerdMirrors the node's containerd pulls `<upstream>/app:v1`
+# through localhost:5001/v2/up/..., so the registry fetches it once and serves it after.
+upstream_blob_gets() { grep -cE '"GET /v2/app/blobs/sha256:[0-9a-f]{64} HTTP/[0-9.]+" 20[06] ' "$work/upstream/access.log"; }
+start_upstream() { # HOST:PORT
+  local dir="$work/upstream" ip=${1%:*}
+  mkdir -p "$dir/certs.d" && htpasswd -bBc "$dir/htpasswd" mirror upstream-secret 2>/dev/null &&
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=upstream-ca -days 1 \
+      -keyout "$dir/ca.key" -out "$dir/certs.d/ca.crt" 2>/dev/null &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=upstream \
+      -keyout "$dir/tls.key" -out "$dir/tls.csr" 2>/dev/null &&
+    openssl x509 -req -in "$dir/tls.csr" -CA "$dir/certs.d/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial -days 1 \
+      -extfile <(printf 'subjectAltName=IP:%s\n' "$ip") -out "$dir/tls.crt" 2>/dev/null || return 1
+  cat >"$dir/config.yml" <<YAML
+version: 0.1
+log: {level: info, accesslog: {disabled: false}}
+storage: {filesystem: {rootdirectory: $dir/data}}
+http: {addr: "$1", secret: node-test, tls: {certificate: $dir/tls.crt, key: $dir/tls.key}}
+auth: {htpasswd: {realm: upstream, path: $dir/htpasswd}}
+YAML
+  nsenter --net="/run/netns/$gw_netns" "$(go_tool registry)" serve "$dir/config.yml" >"$dir/access.log" 2>"$dir/registry.log" &
+  upstream_pid=$!
+  for _ in $(seq 1 50); do
+    in_node curl -fsS --cacert "$dir/certs.d/ca.crt" -u mirror:upstream-secret -o /dev/null "https://$1/v2/" 2>/dev/null && break
+    sleep 0.2
+  done
+  # A layer of its own: blobs the node already holds from earlier pods would not be fetched at all.
+  head -c 262144 /dev/urandom >"$dir/own.bin" && mkimg "$work/upapp" --file "$dir/own.bin:/data" >/dev/null &&
+    in_node skopeo copy -q --dest-cert-dir "$dir/certs.d" --dest-creds mirror:upstream-secret "oci:$work/upapp" "docker://$1/app:v1"
+}
+mirror_on_node() {
+  local host=10.250.0.1:5443 certs="$work/cp/node/containerd/certs.d" ctr digest before
+  ctr=("$(bash tests/node/build.sh)/ctr" --address "$work/cp/node/containerd/containerd.sock" -n k8s.io)
+  start_upstream "$host" || { cat "$work/upstream/registry.log"; return 1; }
+  kubectl create secret generic upstream-creds --from-literal=username=mirror --from-literal=password=upstream-secret >/dev/null &&
+    kubectl create secret generic upstream-ca --from-file=ca.crt="$work/upstream/certs.d/ca.crt" >/dev/null || return 1
+  # containerd sends no credentials to a mirror host: anonymous clients may pull.
+  kubectl patch registry registry --type merge -p "$(printf '{"spec":{"auth":{"anonymous":"pull"},
+    "mirrors":[{"prefix":"up","url":"https://%s","imageHost":"%s","credentialsSecret":{"name":"upstream-creds"},"caSecret":{"name":"upstream-ca"}}],
+    "nodeAccess":{"containerdMirrors":{"enabled":true,"certsDir":"%s"}}}}' "$host" "$host" "$certs")" >/dev/null || return 1
+  for _ in $(seq 1 120); do [ -f "$certs/$host/hosts.toml" ] && break; sleep 1; done
+  [ -f "$certs/$host/hosts.toml" ] || { kubectl describe pods -l app.kubernetes.io/component=node-access; return 1; }
+  grep -q 'Written by berth for Registry default/registry' "$certs/$host/hosts.toml" || return 1
+  # The node pods roll after the registry's Deployment was changed: wait for its new pod.
+  kubectl rollout status deployment/registry --timeout=120s >/dev/null && registry_ready registry && service_up || return 1
+  pod_runs mirrored-1 "$host/app:v1" || { kubectl logs deploy/registry --tail 20; return 1; }
+  before=$(upstream_blob_gets)
+  [ "$before" -ge 1 ] || { echo "the upstream served no blob:"; tail -5 "$work/upstream/access.log"; return 1; }
+  # Gone from the node's store, so the next pod pulls it again: from the registry's cache.
+  digest=$(kubectl get pod mirrored-1 -o 'jsonpath={.status.containerStatuses[0].imageID}') && digest=${digest##*@}
+  kubectl delete pod mirrored-1 --wait=true >/dev/null || return 1
+  mapfile -t refs < <("${ctr[@]}" images ls 2>/dev/null | awk -v d="$digest" '$3 == d {print $1}')
+  [ ${#refs[@]} -gt 0 ] && "${ctr[@]}" images rm --sync "${refs[@]}" >/dev/null 2>&1 || { echo "image $digest not removed"; return 1; }
+  pod_runs mirrored-2 "$host/app:v1" || return 1
+  [ "$(upstream_blob_gets)" = "$before" ] || { echo "the upstream served blobs again: $before, then $(upstream_blob_gets)"; return 1; }
+  # The running pod names the upstream, not the registry: kept from the collector under the prefix all the same.
+  for _ in $(seq 1 30); do
+    kubectl get configmap registry-gc-requests -o 'jsonpath={.data.protected}' | grep -qx 'up/app:v1' && break; sleep 1
+  done
+  kubectl get configmap registry-gc-requests -o 'jsonpath={.data.protected}' | grep -qx 'up/app:v1' ||
+    { echo "up/app:v1 not protected"; return 1; }
+  kubectl delete pod mirrored-2 --wait=false >/dev/null
+  # Off: the node pods roll and the old ones remove their files, and only theirs.
+  kubectl patch registry registry --type merge -p '{"spec":{"nodeAccess":{"containerdMirrors":{"enabled":false}}}}' >/dev/null || return 1
+  for _ in $(seq 1 120); do [ ! -e "$certs/$host" ] && break; sleep 1; done
+  [ ! -e "$certs/$host" ] || { echo "$certs/$host left"; return 1; }
+  [ -f "$certs/localhost:5000/hosts.toml" ] || { echo "the node's own hosts.toml was removed"; return 1; }
+  echo "upstream blob GETs: $before for the first pull, none for the second"
+}
+pull_through_on_node() {
+  local rc=0
+  mirror_on_node || rc=1
+  kill "$upstream_pid" 2>/dev/null; wait "$upstream_pid" 2>/dev/null; upstream_pid=""
+  return $rc
+}
+check "mirrors: a pod runs from a TLS+Basic upstream through the node's hosts.toml; the next pull is the cache's; it is protected" \
+  pull_through_on_node
 
 # A second Registry with htpasswd users and TLS from Secrets: the Secret volumes
 # (nested in the config volume) reach the pod, its probes pass, and skopeo

@@ -48,6 +48,7 @@ pub const COLLECT_ANNOTATION: &str = "berth.dev/collect";
 )]
 #[x_kube(validation = Rule::new("self.replicas <= 1 || has(self.storage.s3) || self.storage.accessModes.exists(m, m == 'ReadWriteMany')").message("more than one replica needs storage.accessModes to include ReadWriteMany, or storage.s3"))]
 #[x_kube(validation = Rule::new("!has(self.tls) || !has(self.nodeAccess) || !self.nodeAccess.enabled").message("nodeAccess serves plain HTTP on the nodes' localhost and cannot forward to a TLS registry yet; turn one off"))]
+#[x_kube(validation = Rule::new(CONTAINERD_MIRRORS_NEEDS).message("nodeAccess.containerdMirrors needs nodeAccess.enabled (the nodes pull through its localhost port) and at least one entry in mirrors"))]
 #[x_kube(validation = Rule::new("!has(self.retention) || !has(self.retention.rules) || self.retention.rules.all(r, size(r.repositories) > 0 && (has(r.tags) || has(r.untaggedAfter)))").message("retention.rules: every rule names repositories, and tags or untaggedAfter (a rule with neither keeps everything)"))]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySpec {
@@ -118,7 +119,22 @@ pub struct RegistrySpec {
     /// How Prometheus finds the metrics the registry serves on its port `metrics` (9464).
     #[serde(default)]
     pub monitoring: MonitoringSpec,
+    /// Pull-through caches of other registries: `<prefix>/<repository>` pulled
+    /// from this registry is fetched once from the upstream and served from
+    /// storage after. Mirrored repositories are read-only to clients.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["prefix".into()]))]
+    #[x_kube(validation = Rule::new(MIRRORS_DISJOINT).message("mirrors: no prefix may lie inside another (a repository would have two upstreams)"))]
+    #[x_kube(validation = Rule::new(MIRROR_HOSTS_DISTINCT).message("mirrors: two mirrors for one image host (imageHost, or the prefix when absent)"))]
+    pub mirrors: Vec<MirrorSpec>,
 }
+
+/// No prefix is another's followed by `/`; equal prefixes are refused by the
+/// list's `prefix` key.
+pub const MIRRORS_DISJOINT: &str = "self.all(a, !self.exists(b, b.prefix.startsWith(a.prefix + '/')))";
+/// One mirror per image host, as the registry requires.
+pub const MIRROR_HOSTS_DISTINCT: &str = "self.all(a, self.exists_one(b, (has(b.imageHost) ? b.imageHost : b.prefix) == (has(a.imageHost) ? a.imageHost : a.prefix)))";
 
 /// When the registry collects garbage. Images that any pod in the cluster refers
 /// to through this registry (any phase, Pending included) are never deleted:
@@ -284,12 +300,157 @@ pub struct NodeAccessSpec {
     #[serde(default = "default_node_port")]
     #[x_kube(validation = Rule::new("self >= 1024 && self <= 65535").message("nodeAccess.port must be between 1024 and 65535"))]
     pub port: i32,
+    /// Point the nodes' containerd at `mirrors` through this port.
+    #[serde(default)]
+    pub containerd_mirrors: ContainerdMirrorsSpec,
 }
 
 impl Default for NodeAccessSpec {
     fn default() -> Self {
-        NodeAccessSpec { enabled: false, port: default_node_port() }
+        NodeAccessSpec {
+            enabled: false,
+            port: default_node_port(),
+            containerd_mirrors: ContainerdMirrorsSpec::default(),
+        }
     }
+}
+
+/// `containerdMirrors` on only with node access and something to mirror.
+pub const CONTAINERD_MIRRORS_NEEDS: &str = "!has(self.nodeAccess) || !has(self.nodeAccess.containerdMirrors) || !self.nodeAccess.containerdMirrors.enabled || (self.nodeAccess.enabled && has(self.mirrors) && size(self.mirrors) > 0)";
+
+/// Points every node's containerd at the mirrors: a second container in the
+/// node-access DaemonSet writes `<certsDir>/<imageHost>/hosts.toml` for each
+/// mirror, so `image: docker.io/library/nginx` is pulled through
+/// `localhost:<port>/v2/<prefix>/...`, with the upstream (`server`) as
+/// containerd's fallback. It runs as root to write the root-owned
+/// directory, and removes its files when the opt-in is switched off or the
+/// Registry goes. Needs containerd with `config_path` set to `certsDir`
+/// (containerd 2 and kind set it). The runtime pulls without credentials:
+/// anonymous clients must be allowed to pull (`auth.anonymous: pull`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerdMirrorsSpec {
+    /// Write the nodes' `hosts.toml` files.
+    #[serde(default)]
+    pub enabled: bool,
+    /// containerd's `config_path` on the nodes: the directory of
+    /// `<host>/hosts.toml` files.
+    #[serde(default = "default_certs_dir")]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('..') && size(self) > 1").message("nodeAccess.containerdMirrors.certsDir must be an absolute path below / without '..'"))]
+    #[schemars(length(max = 512))]
+    pub certs_dir: String,
+}
+
+impl Default for ContainerdMirrorsSpec {
+    fn default() -> Self {
+        ContainerdMirrorsSpec { enabled: false, certs_dir: default_certs_dir() }
+    }
+}
+
+fn default_certs_dir() -> String {
+    "/etc/containerd/certs.d".into()
+}
+
+/// An upstream registry mirrored under `prefix`. The registry's own
+/// [`MirrorConfig`](berth_registry::config::MirrorConfig) with Kubernetes
+/// objects instead of file paths, and a quantity instead of a byte count.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorSpec {
+    /// Repository path prefix that maps to the upstream, e.g. `docker.io`:
+    /// `<prefix>/library/nginx` is `library/nginx` upstream.
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", r"^[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*)*$", "')")).message("mirrors[].prefix must be repository path components: lower-case letters and digits, separated by . _ - or /"))]
+    pub prefix: String,
+    /// The upstream's base URL, `https://registry-1.docker.io`, with no path;
+    /// `http://` only for a registry on a trusted network.
+    #[schemars(length(max = 300))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", r"^https?://[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?([.][a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]{1,5})?/?$", "')")).message("mirrors[].url must be http(s)://host[:port] with no path"))]
+    pub url: String,
+    /// Docker Hub's rule: a name of one component (`nginx`) is `library/nginx`
+    /// upstream. Absent: on when the prefix is `docker.io`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<bool>,
+    /// The registry host as image references name it (`docker.io`,
+    /// `10.0.0.1:5443`), which the nodes' containerd looks up; absent, the prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 260))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?([.][a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]{1,5})?$", "')")).message("mirrors[].imageHost must be host[:port]"))]
+    pub image_host: Option<String>,
+    /// A Secret in the Registry's namespace with the upstream user name and
+    /// password, mounted into the registry pods; absent, the upstream is
+    /// pulled from anonymously.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<MirrorCredentialsSecret>,
+    /// A Secret in the Registry's namespace with the PEM certificates of the
+    /// authorities that sign the upstream's certificate, trusted besides the
+    /// system's. A Secret rather than a ConfigMap: whoever can change it can
+    /// make the registry trust an impostor of the upstream, and Secrets are
+    /// what RBAC usually guards closest (cert-manager writes `ca.crt` there too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<MirrorCaSecret>,
+    /// Seconds a tag is served from the cache before the upstream is asked
+    /// whether it moved. Manifests by digest are never re-checked.
+    #[serde(default = "default_tag_ttl")]
+    #[schemars(with = "i64", range(min = 0, max = 86400))]
+    pub tag_ttl_seconds: u64,
+    /// What this mirror may hold, a quantity such as `10Gi`; past it the
+    /// collector evicts the least-recently pulled images that no pod uses.
+    /// Absent: no cap. A string, not an int-or-string like `storage.size`:
+    /// its CEL rule needs a bounded length to fit the API server's cost budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("mirrors[].maxSize must be a positive quantity such as 10Gi (leave it out for no cap)"))]
+    pub max_size: Option<Quantity>,
+}
+
+fn default_tag_ttl() -> u64 {
+    300
+}
+
+/// Which keys of a Secret hold the upstream credentials.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorCredentialsSecret {
+    /// The Secret.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("mirrors[].credentialsSecret.name must not be empty"))]
+    pub name: String,
+    /// The key that holds the user name.
+    #[serde(default = "default_username_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(SECRET_KEY).message("mirrors[].credentialsSecret.usernameKey must be a Secret key: letters, digits, '-', '_' and '.'"))]
+    pub username_key: String,
+    /// The key that holds the password or token.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(SECRET_KEY).message("mirrors[].credentialsSecret.passwordKey must be a Secret key: letters, digits, '-', '_' and '.'"))]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// Which key of a Secret holds the upstream's certificate authorities.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorCaSecret {
+    /// The Secret.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("mirrors[].caSecret.name must not be empty"))]
+    pub name: String,
+    /// The key that holds the PEM certificates.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(SECRET_KEY).message("mirrors[].caSecret.key must be a Secret key: letters, digits, '-', '_' and '.'"))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
 }
 
 fn default_node_port() -> i32 {

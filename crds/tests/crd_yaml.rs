@@ -136,3 +136,36 @@ fn monitoring_in_the_schema() {
     assert_eq!(rust.monitoring, berth_crds::MonitoringSpec::default());
     assert!(rust.monitoring.scrape_annotations && !rust.monitoring.service_monitor.enabled);
 }
+
+/// `spec.mirrors` is keyed by prefix, bounded, and defaults in the schema as
+/// in Rust; the node opt-in is off by default and checked against node access.
+#[test]
+fn mirrors_in_the_schema() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(berth_crds::Registry::crd()).unwrap();
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let mirrors = &spec["properties"]["mirrors"];
+    assert_eq!(mirrors["x-kubernetes-list-type"], "map");
+    assert_eq!(mirrors["x-kubernetes-list-map-keys"], serde_json::json!(["prefix"]));
+    assert_eq!(mirrors["maxItems"], 16);
+    let rules: Vec<&str> =
+        mirrors["x-kubernetes-validations"].as_array().unwrap().iter().map(|r| r["rule"].as_str().unwrap()).collect();
+    assert_eq!(rules, [berth_crds::MIRRORS_DISJOINT, berth_crds::MIRROR_HOSTS_DISTINCT]);
+    let mirror = &mirrors["items"];
+    assert_eq!(mirror["required"], serde_json::json!(["prefix", "url"]));
+    assert_eq!(mirror["properties"]["tagTtlSeconds"]["default"], 300);
+    assert_eq!(mirror["properties"]["tagTtlSeconds"]["maximum"], 86400.0);
+    assert_eq!(mirror["properties"]["credentialsSecret"]["properties"]["usernameKey"]["default"], "username");
+    assert_eq!(mirror["properties"]["credentialsSecret"]["properties"]["passwordKey"]["default"], "password");
+    assert_eq!(mirror["properties"]["caSecret"]["properties"]["key"]["default"], "ca.crt");
+    assert_eq!(mirror["properties"]["maxSize"]["maxLength"], 32);
+    let node = &spec["properties"]["nodeAccess"];
+    assert_eq!(
+        node["default"],
+        serde_json::json!({"enabled": false, "port": 5001, "containerdMirrors": {"enabled": false, "certsDir": "/etc/containerd/certs.d"}})
+    );
+    let spec_rules = spec["x-kubernetes-validations"].as_array().unwrap();
+    assert!(spec_rules.iter().any(|r| r["rule"] == berth_crds::CONTAINERD_MIRRORS_NEEDS));
+    let rust: berth_crds::RegistrySpec = serde_json::from_str("{}").unwrap();
+    assert!(rust.mirrors.is_empty() && !rust.node_access.containerd_mirrors.enabled);
+}

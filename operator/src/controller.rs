@@ -315,6 +315,13 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action> {
             Err(e) => return fail(reg, ctx, e).await,
         }
     }
+    // A configuration the registry would refuse is not applied: the running
+    // pods keep the last good one instead of rolling into a crash loop.
+    if problem.is_none()
+        && let Err(e) = resources::check(reg)
+    {
+        problem = Some(format!("the registry would refuse this configuration, so it is not applied: {e}"));
+    }
     if problem.is_none() {
         let steps = async {
             let cm = Api::<ConfigMap>::namespaced(client.clone(), &namespace);

@@ -2,7 +2,7 @@
 //! registry's collector must never delete what a pod runs or is about to pull.
 //! Pure: the reconciler hands in the Pods it watches.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodSpec, PodStatus};
 
@@ -118,20 +118,57 @@ fn statuses(status: &PodStatus) -> impl Iterator<Item = &ContainerStatus> {
         .flatten()
 }
 
-/// The protected lines of every reference in `pods` whose host is one of
-/// `hosts` (lower-case `host:port`), sorted and without duplicates.
-pub fn protected<'a>(pods: impl IntoIterator<Item = &'a Pod>, hosts: &BTreeSet<String>) -> BTreeSet<String> {
+/// Docker Hub, as containerd names it after normalising `nginx`,
+/// `index.docker.io/nginx` and `docker.io/nginx` to `docker.io/library/nginx`.
+const DOCKER_HUB: &str = "docker.io";
+
+/// How references name a registry's repositories.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hosts {
+    /// The registry's own `host:port` names (lower-case): the path is the repository.
+    pub own: BTreeSet<String>,
+    /// Upstream image hosts (lower-case) the nodes pull through a mirror
+    /// (`containerdMirrors`), with the mirror's prefix: the repository is the
+    /// prefix, then the path as containerd sends it.
+    pub mirrored: BTreeMap<String, String>,
+}
+
+impl From<BTreeSet<String>> for Hosts {
+    fn from(own: BTreeSet<String>) -> Self {
+        Hosts { own, mirrored: BTreeMap::new() }
+    }
+}
+
+impl Hosts {
+    /// The repository `r` pulls from this registry, if any.
+    fn repository(&self, r: &ImageRef) -> Option<String> {
+        if r.host.as_ref().is_some_and(|h| self.own.contains(h)) {
+            return Some(r.path.clone());
+        }
+        let host = match r.host.as_deref() {
+            None | Some("index.docker.io") => DOCKER_HUB,
+            Some(h) => h,
+        };
+        let prefix = self.mirrored.get(host)?;
+        let library = host == DOCKER_HUB && !r.path.contains('/');
+        Some(if library { format!("{prefix}/library/{}", r.path) } else { format!("{prefix}/{}", r.path) })
+    }
+}
+
+/// The protected lines of every reference in `pods` that names a repository
+/// of the registry through `hosts`, sorted and without duplicates.
+pub fn protected<'a>(pods: impl IntoIterator<Item = &'a Pod>, hosts: &Hosts) -> BTreeSet<String> {
     pods.into_iter()
         .flat_map(pod_references)
         .filter_map(parse)
-        .filter(|r| r.host.as_ref().is_some_and(|h| hosts.contains(h)))
+        .filter_map(|r| Some(ImageRef { path: hosts.repository(&r)?, ..r }))
         .flat_map(|r| r.protected())
         .collect()
 }
 
-/// True when some reference of `pod` names one of `hosts`.
-pub fn refers_to(pod: &Pod, hosts: &BTreeSet<String>) -> bool {
-    pod_references(pod).into_iter().filter_map(parse).any(|r| r.host.is_some_and(|h| hosts.contains(&h)))
+/// True when some reference of `pod` names a repository of the registry.
+pub fn refers_to(pod: &Pod, hosts: &Hosts) -> bool {
+    pod_references(pod).into_iter().filter_map(parse).any(|r| hosts.repository(&r).is_some())
 }
 
 /// A Pod reduced to what [`pod_references`] reads, so that a cache of every Pod

@@ -25,8 +25,12 @@ pub use auth::{
 };
 mod lifecycle;
 pub use lifecycle::{
-    collector_config, gc_requests, gc_requests_name, registry_hosts, registry_role, registry_role_binding,
+    collector_config, gc_requests, gc_requests_name, image_hosts, registry_hosts, registry_role, registry_role_binding,
     registry_role_name, usage_config_map, usage_name,
+};
+mod mirror;
+pub use mirror::{
+    HOST_CERTS_DIR, MIRRORS_DIR, NODE_MIRRORS_CONTAINER, mirror_configs, node_mirrors, wants_node_mirrors,
 };
 mod observe;
 pub use observe::{
@@ -97,10 +101,21 @@ pub fn registry_config(reg: &Registry) -> Config {
         retention: reg.spec.retention.clone(),
         quota: reg.spec.quota.clone(),
         metrics: metrics_config(),
+        mirrors: mirror_configs(reg),
         ..Config::default()
     };
     config.log.format = LogFormat::Json;
     config
+}
+
+/// What the registry would refuse to start with, found before anything is
+/// applied: the running pods keep their configuration, and the Registry
+/// reports Degraded instead of rolling into a crash loop. The CRD's rules
+/// catch most of it at admission; this catches the rest (and Registries
+/// admitted before a rule existed).
+pub fn check(reg: &Registry) -> Result<(), String> {
+    mirror::check(reg)?;
+    registry_config(reg).validate().map_err(|e| e.to_string())
 }
 
 fn hardened() -> SecurityContext {
@@ -191,7 +206,12 @@ fn volumes(reg: &Registry) -> (Vec<Volume>, Vec<VolumeMount>) {
         read_only: Some(true),
         ..Default::default()
     };
-    [(config, config_mount)].into_iter().chain(storage::data_volumes(reg)).chain(auth::secret_volumes(reg)).unzip()
+    [(config, config_mount)]
+        .into_iter()
+        .chain(storage::data_volumes(reg))
+        .chain(auth::secret_volumes(reg))
+        .chain(mirror::secret_volumes(reg))
+        .unzip()
 }
 
 pub fn deployment(reg: &Registry, default_image: &str) -> Deployment {
@@ -286,15 +306,31 @@ pub fn node_access_name(reg: &Registry) -> String {
 /// Where KEP-1755 says tools look for a cluster's local registry.
 pub const LOCAL_REGISTRY_HOSTING: (&str, &str) = ("kube-public", "local-registry-hosting");
 
+/// Requests of `cpu` and `memory`, and a `memory_limit`, for the small node containers.
+fn small_resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.into())),
+            ("memory".to_owned(), Quantity(memory.into())),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_owned(), Quantity(memory_limit.into()))])),
+        ..Default::default()
+    }
+}
+
 /// The node forwarder: host networking, listening on the node's loopback only,
-/// forwarding to the Service; on every node, control plane included.
+/// forwarding to the Service; on every node, control plane included. With
+/// `containerdMirrors`, beside it the container that points the node's
+/// containerd at the mirrors ([`node_mirrors`]): switching that off changes
+/// the pod template, so the old pods are stopped and remove their files.
 pub fn node_access(reg: &Registry, default_image: &str) -> DaemonSet {
     let port = reg.spec.node_access.port;
+    let image = reg.spec.image.clone().unwrap_or_else(|| default_image.to_owned());
     let mut selector = labels(reg);
     selector.insert("app.kubernetes.io/component".into(), "node-access".into());
     let container = Container {
         name: "forward".into(),
-        image: Some(reg.spec.image.clone().unwrap_or_else(|| default_image.to_owned())),
+        image: Some(image.clone()),
         command: Some(vec!["berth-registry".into()]),
         args: Some(vec![
             "forward".into(),
@@ -308,17 +344,17 @@ pub fn node_access(reg: &Registry, default_image: &str) -> DaemonSet {
             period_seconds: Some(10),
             ..Default::default()
         }),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_owned(), Quantity("10m".into())),
-                ("memory".to_owned(), Quantity("16Mi".into())),
-            ])),
-            limits: Some(BTreeMap::from([("memory".to_owned(), Quantity("64Mi".into()))])),
-            ..Default::default()
-        }),
+        resources: Some(small_resources("10m", "16Mi", "64Mi")),
         security_context: Some(hardened()),
         ..Default::default()
     };
+    let mut containers = vec![container];
+    let mut volumes = Vec::new();
+    if wants_node_mirrors(reg) {
+        let (container, volume) = node_mirrors(reg, image);
+        containers.push(container);
+        volumes.push(volume);
+    }
     DaemonSet {
         metadata: meta(reg, node_access_name(reg), true),
         spec: DaemonSetSpec {
@@ -326,7 +362,8 @@ pub fn node_access(reg: &Registry, default_image: &str) -> DaemonSet {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(selector), ..Default::default() }),
                 spec: Some(PodSpec {
-                    containers: vec![container],
+                    containers,
+                    volumes: (!volumes.is_empty()).then_some(volumes),
                     host_network: Some(true),
                     // Resolve the Service's cluster DNS name despite host networking.
                     dns_policy: Some("ClusterFirstWithHostNet".into()),

@@ -1372,3 +1372,77 @@ fn monitoring_and_storage_health() {
     assert!(theirs["metadata"]["ownerReferences"].is_null(), "{theirs}");
     assert_eq!(theirs["spec"]["endpoints"][0]["port"], "web");
 }
+
+/// Mirrors: the API server checks them with the CRD's rules (messages
+/// included), the operator renders them into the registry's config and, with
+/// `containerdMirrors`, gives the node pods the container that writes the
+/// nodes' hosts.toml files, and takes it away again.
+#[test]
+fn mirrors_and_containerd_mirrors() {
+    let (cp, _op) = setup();
+    let refused = |spec: &str, message: &str| {
+        let out = cp.kubectl_with_input(&["apply", "-f", "-"], &registry("bad", spec));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(message), "{spec} not refused with {message:?}: {stderr}");
+    };
+    let m = |fields: &str| format!("{{mirrors: [{{prefix: up, url: 'https://10.0.0.1:5443', {fields}}}]}}");
+    refused("{mirrors: [{prefix: Up, url: 'https://x'}]}", "mirrors[].prefix must be repository path components");
+    refused("{mirrors: [{prefix: up, url: 'https://x/v2'}]}", "mirrors[].url must be http(s)://host[:port]");
+    refused("{mirrors: [{prefix: up, url: 'ftp://x'}]}", "mirrors[].url must be http(s)://host[:port]");
+    refused(&m("imageHost: 'a b'"), "mirrors[].imageHost must be host[:port]");
+    refused(&m("maxSize: '0'"), "mirrors[].maxSize must be a positive quantity");
+    refused(&m("maxSize: lots"), "mirrors[].maxSize must be a positive quantity");
+    refused(&m("tagTtlSeconds: 90000"), "tagTtlSeconds");
+    refused(&m("credentialsSecret: {name: c, usernameKey: ../u}"), "Secret key");
+    refused("{mirrors: [{prefix: a, url: 'https://a'}, {prefix: a/b, url: 'https://b'}]}", "lie inside another");
+    refused("{mirrors: [{prefix: a, url: 'https://a'}, {prefix: a, url: 'https://b'}]}", "Duplicate value");
+    refused(
+        "{mirrors: [{prefix: a, url: 'https://a', imageHost: x.io}, {prefix: b, url: 'https://b', imageHost: x.io}]}",
+        "two mirrors for one image host",
+    );
+    let needs = "nodeAccess.containerdMirrors needs nodeAccess.enabled";
+    refused("{nodeAccess: {enabled: true, containerdMirrors: {enabled: true}}}", needs);
+    refused(&format!("{{nodeAccess: {{containerdMirrors: {{enabled: true}}}}, {}", &m("")[1..]), needs);
+    refused(
+        &format!(
+            "{{nodeAccess: {{enabled: true, containerdMirrors: {{enabled: true, certsDir: etc}}}}, {}",
+            &m("")[1..]
+        ),
+        "certsDir must be an absolute path",
+    );
+
+    let spec = format!(
+        "{{auth: {{anonymous: pull}}, nodeAccess: {{enabled: true, port: 5997, containerdMirrors: {{enabled: true}}}}, {}",
+        &m("imageHost: '10.0.0.1:5443', maxSize: 1Gi, credentialsSecret: {name: up}, caSecret: {name: up-ca}")[1..]
+    );
+    cp.apply(&registry("cache", &spec));
+    let reg = json(&cp, &["get", "registry", "cache"]).unwrap();
+    let mirror = &reg["spec"]["mirrors"][0];
+    assert_eq!(mirror["tagTtlSeconds"], 300);
+    assert_eq!(mirror["credentialsSecret"]["usernameKey"], "username");
+    assert_eq!(mirror["caSecret"]["key"], "ca.crt");
+    assert_eq!(reg["spec"]["nodeAccess"]["containerdMirrors"]["certsDir"], "/etc/containerd/certs.d");
+    let config = eventually(60, || {
+        let cm = json(&cp, &["get", "configmap", "cache-config"])?;
+        let text = cm["data"]["config.yaml"].as_str()?.to_owned();
+        text.contains("mirrors").then_some(text)
+    })
+    .expect("no mirrors in the rendered config");
+    let config = berth_registry::Config::from_yaml(&config).unwrap();
+    assert_eq!(config.mirrors[0].max_bytes, Some(1 << 30));
+    assert_eq!(config.mirrors[0].ca_file.as_deref(), Some("/etc/berth/mirrors/0/ca.crt".as_ref()));
+    let containers = |ds: &Value| -> Vec<String> {
+        ds["spec"]["template"]["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].to_string()).collect()
+    };
+    let ds = wait_for(&cp, &["get", "daemonset", "cache-node-access"]);
+    assert_eq!(containers(&ds), ["\"forward\"", "\"containerd-mirrors\""]);
+    assert_eq!(ds["spec"]["template"]["spec"]["volumes"][0]["hostPath"]["path"], "/etc/containerd/certs.d");
+
+    // Off again: the node pods lose the container (and stop, removing their files).
+    patch_registry(&cp, "cache", r#"{"spec":{"nodeAccess":{"containerdMirrors":{"enabled":false}}}}"#);
+    let one = eventually(60, || {
+        let ds = json(&cp, &["get", "daemonset", "cache-node-access"])?;
+        (containers(&ds).len() == 1).then_some(ds)
+    });
+    assert!(one.is_some(), "the containerd-mirrors container stayed");
+}

@@ -30,6 +30,8 @@ pub mod names;
 #[cfg(feature = "server")]
 pub mod net;
 #[cfg(feature = "server")]
+pub mod node_mirrors;
+#[cfg(feature = "server")]
 pub mod observe;
 #[cfg(feature = "server")]
 pub mod server;

@@ -54,6 +54,23 @@ enum Mode {
         #[arg(long, default_value_t = 120)]
         idle_timeout_secs: u64,
     },
+    /// Point the node's containerd at the registry's mirrors through the node
+    /// forwarder: writes `<dir>/<imageHost>/hosts.toml` per mirror, removes
+    /// them on SIGTERM. Never touches a file another Registry or a person wrote.
+    NodeMirrors {
+        /// containerd's `config_path` (the node's certs.d), as mounted.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node forwarder's port on 127.0.0.1.
+        #[arg(long)]
+        port: u16,
+        /// `<namespace>/<name>` of the Registry, written into each file.
+        #[arg(long)]
+        owner: berth_registry::node_mirrors::Owner,
+        /// A mirror as `<imageHost>=<prefix>=<url>`; repeat for each.
+        #[arg(long = "mirror", value_name = "HOST=PREFIX=URL", required = true)]
+        mirrors: Vec<berth_registry::node_mirrors::NodeMirror>,
+    },
     /// Run one garbage collection against the configured storage and print its
     /// report as JSON. Safe while registry processes serve the same storage;
     /// exits with 3 when another collection is running.
@@ -124,6 +141,21 @@ async fn main() -> std::process::ExitCode {
             Err(code) => return code,
         };
         let code = forward(listen, upstream, *idle_timeout_secs).await;
+        tokio::task::spawn_blocking(move || telemetry.shutdown()).await.ok();
+        return code;
+    }
+    if let Some(Mode::NodeMirrors { dir, port, owner, mirrors }) = &args.command {
+        let telemetry = match init_telemetry(&Config::default()) {
+            Ok(t) => t,
+            Err(code) => return code,
+        };
+        let code = match berth_registry::node_mirrors::run(dir, owner, *port, mirrors, shutdown_signal()).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth-registry: node-mirrors in {}: {e}", dir.display());
+                std::process::ExitCode::from(1)
+            }
+        };
         tokio::task::spawn_blocking(move || telemetry.shutdown()).await.ok();
         return code;
     }

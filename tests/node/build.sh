@@ -3,7 +3,7 @@
 # versions, and prints that directory: kubelet, kube-scheduler and kube-proxy from
 # the same pinned k8s.io/kubernetes module as the control plane; containerd 2 and
 # its runc shim, the CNI plugins and CoreDNS from their pinned Go modules; the
-# pause (sandbox) program compiled from the Kubernetes sources. runc comes from
+# pause (sandbox) program compiled from the Kubernetes sources; ctr from containerd's module. runc comes from
 # Debian (tests/node/up installs it). A second run builds nothing.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -41,5 +41,11 @@ if ! all_built "$out" "${bins[@]}"; then
   gcc -Os -static -o "$out.partial/pause" -DVERSION="v$K8S_VERSION" "$src"
   rm -rf "$out" && mv "$out.partial" "$out"
   echo "built in $(( $(date +%s) - start ))s" >&2
+fi
+# ctr, with which tests remove an image from the node's store (there is no crictl);
+# added later than the rest, so built on its own into the same directory.
+if [ ! -x "$out/ctr" ]; then
+  GOBIN="$out" GOFLAGS="" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" -tags no_btrfs \
+    "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" >&2
 fi
 echo "$out"

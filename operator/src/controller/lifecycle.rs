@@ -29,7 +29,7 @@ const PODS_LISTED: Duration = Duration::from_secs(30);
 /// (so a deleted Pod, or one whose image changed away, is noticed too).
 #[derive(Default)]
 pub struct Targets {
-    hosts: BTreeSet<String>,
+    hosts: images::Hosts,
     pods: HashSet<ObjectRef<Pod>>,
 }
 
@@ -56,7 +56,7 @@ impl Context {
         if !matches!(ready, Ok(Ok(()))) {
             return Err(Error::PodsNotListed);
         }
-        let hosts = resources::registry_hosts(reg, cluster_ip);
+        let hosts = resources::image_hosts(reg, cluster_ip);
         let pods = self.pods.state();
         let using: Vec<&Pod> = pods.iter().map(|p| &**p).filter(|p| images::refers_to(p, &hosts)).collect();
         let protected = images::protected(using.iter().copied(), &hosts);

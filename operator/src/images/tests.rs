@@ -70,7 +70,7 @@ fn pod(images: &[&str], init: &[&str], statuses: &[(&str, &str)]) -> Pod {
 
 #[test]
 fn protected_lists_what_pods_name_through_the_registry_hosts() {
-    let hosts: BTreeSet<String> = ["cache.team.svc:5000", "localhost:5001"].map(String::from).into();
+    let hosts: Hosts = BTreeSet::from(["cache.team.svc:5000", "localhost:5001"].map(String::from)).into();
     let id = format!("docker-pullable://cache.team.svc:5000/app@{DIGEST}");
     let pods = [
         pod(
@@ -84,6 +84,32 @@ fn protected_lists_what_pods_name_through_the_registry_hosts() {
     let got: Vec<String> = protected(&pods, &hosts).into_iter().collect();
     assert_eq!(got, vec!["app:v1".to_owned(), format!("app@{DIGEST}"), "init:1".to_owned()]);
     assert!(refers_to(&pods[0], &hosts) && refers_to(&pods[1], &hosts) && !refers_to(&pods[2], &hosts));
+}
+
+/// Pods that name an upstream the nodes pull through a mirror use the
+/// registry's `<prefix>/...` repositories, with containerd's Docker Hub
+/// normalisation (`nginx` is `docker.io/library/nginx`).
+#[test]
+fn references_to_mirrored_hosts_are_protected_under_the_prefix() {
+    let hosts = Hosts {
+        own: BTreeSet::from(["localhost:5001".to_owned()]),
+        mirrored: BTreeMap::from([
+            ("docker.io".to_owned(), "hub".to_owned()),
+            ("10.0.0.1:5443".to_owned(), "up".to_owned()),
+        ]),
+    };
+    let pods = [
+        pod(&["nginx:1.27", "docker.io/bitnami/redis:7", "index.docker.io/busybox"], &[], &[]),
+        pod(&["10.0.0.1:5443/app:v1", "10.0.0.1:5443/team/app:v2"], &[], &[]),
+        pod(&["ghcr.io/x/y:1", "quay.io/nginx:1"], &[], &[]),
+    ];
+    let got: Vec<String> = protected(&pods, &hosts).into_iter().collect();
+    assert_eq!(
+        got,
+        ["hub/bitnami/redis:7", "hub/library/busybox:latest", "hub/library/nginx:1.27", "up/app:v1", "up/team/app:v2",]
+    );
+    assert!(refers_to(&pods[0], &hosts) && refers_to(&pods[1], &hosts) && !refers_to(&pods[2], &hosts));
+    assert!(!refers_to(&pods[0], &Hosts::default()), "no mirror, no Docker Hub");
 }
 
 #[test]

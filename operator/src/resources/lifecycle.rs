@@ -70,6 +70,18 @@ pub fn registry_hosts(reg: &Registry, cluster_ip: Option<&str>) -> BTreeSet<Stri
     hosts
 }
 
+/// How pods name this registry's repositories: [`registry_hosts`], and with
+/// `containerdMirrors` the mirrors' image hosts, whose images the nodes pull
+/// through the registry and so must be kept like its own.
+pub fn image_hosts(reg: &Registry, cluster_ip: Option<&str>) -> crate::images::Hosts {
+    let mirrored = if super::wants_node_mirrors(reg) {
+        super::mirror_configs(reg).iter().map(|m| (m.image_host().to_ascii_lowercase(), m.prefix.clone())).collect()
+    } else {
+        Default::default()
+    };
+    crate::images::Hosts { own: registry_hosts(reg, cluster_ip), mirrored }
+}
+
 /// The requests to the registry: the images pods use (one per line) and the
 /// value of the `berth.dev/collect` annotation, when there is one.
 pub fn gc_requests(reg: &Registry, protected: &BTreeSet<String>) -> ConfigMap {

@@ -67,6 +67,20 @@ fn hosts_are_the_service_names_ip_node_access_and_extra_names() {
     assert_eq!(hosts("{}", Some("None")).len(), 3, "a headless Service has no address");
 }
 
+/// With containerdMirrors, the mirrors' image hosts name the registry too;
+/// without the opt-in the nodes pull those images straight from the upstream.
+#[test]
+fn node_mirrored_hosts_name_the_registry_under_their_prefix() {
+    let spec = "nodeAccess: {enabled: true, containerdMirrors: {enabled: true}}\nmirrors: [{prefix: hub, url: 'https://registry-1.docker.io', imageHost: Docker.IO}]";
+    let hosts = image_hosts(&registry(spec), None);
+    assert_eq!(hosts.mirrored, [("docker.io".to_owned(), "hub".to_owned())].into());
+    assert_eq!(hosts.own, registry_hosts(&registry(spec), None));
+    let protected = crate::images::protected(&[pod("nginx:1.27")], &hosts);
+    assert_eq!(protected.into_iter().collect::<Vec<_>>(), ["hub/library/nginx:1.27"]);
+    let off = spec.replace("containerdMirrors: {enabled: true}", "containerdMirrors: {enabled: false}");
+    assert!(image_hosts(&registry(&off), None).mirrored.is_empty());
+}
+
 fn pod(image: &str) -> Pod {
     let container = Container { name: "c".into(), image: Some(image.into()), ..Default::default() };
     Pod { spec: Some(PodSpec { containers: vec![container], ..Default::default() }), ..Default::default() }
@@ -76,7 +90,7 @@ fn pod(image: &str) -> Pod {
 fn requests_list_the_images_pods_use_and_the_collect_annotation() {
     let mut reg = registry("{}");
     let pods = [pod("cache.team.svc:5000/b:2"), pod("cache.team:5000/a:1"), pod("docker.io/library/nginx:1")];
-    let protected = crate::images::protected(&pods, &registry_hosts(&reg, None));
+    let protected = crate::images::protected(&pods, &image_hosts(&reg, None));
     let cm = gc_requests(&reg, &protected);
     assert_eq!(cm.metadata.name.as_deref(), Some("cache-gc-requests"));
     assert_eq!(cm.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
