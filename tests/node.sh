@@ -261,7 +261,10 @@ mirror_on_node() {
   digest=$(kubectl get pod mirrored-1 -o 'jsonpath={.status.containerStatuses[0].imageID}') && digest=${digest##*@}
   kubectl delete pod mirrored-1 --wait=true >/dev/null || return 1
   mapfile -t refs < <("${ctr[@]}" images ls 2>/dev/null | awk -v d="$digest" '$3 == d {print $1}')
-  [ ${#refs[@]} -gt 0 ] && "${ctr[@]}" images rm --sync "${refs[@]}" >/dev/null 2>&1 || { echo "image $digest not removed"; return 1; }
+  if [ ${#refs[@]} -eq 0 ] || ! "${ctr[@]}" images rm --sync "${refs[@]}" >/dev/null 2>&1; then
+    echo "image $digest not removed"
+    return 1
+  fi
   pod_runs mirrored-2 "$host/app:v1" || return 1
   [ "$(upstream_blob_gets)" = "$before" ] || { echo "the upstream served blobs again: $before, then $(upstream_blob_gets)"; return 1; }
   # The running pod names the upstream, not the registry: kept from the collector under the prefix all the same.
