@@ -121,7 +121,9 @@ async fn metrics_can_have_a_listener_and_path_of_their_own_or_be_off() {
 
 #[tokio::test]
 async fn the_dashboard_asks_only_for_metrics_the_registry_exports() {
-    let reg = Registry::start().await;
+    // A mirror's series exist (at zero) from the start, once one is configured.
+    let mirror = berth_registry::config::MirrorConfig::new("hub", "http://127.0.0.1:9");
+    let reg = Registry::with(|c| c.mirrors = vec![mirror]).await;
     // Request series appear with the first request of their kind.
     let digest = reg.push_blob("dash/app", b"layer").await;
     assert_eq!(reg.get(&format!("/v2/dash/app/blobs/{digest}")).await.status(), StatusCode::OK);
