@@ -9,20 +9,30 @@
 //! nothing while no exporter wants them.
 //!
 //! Sampling happens at the head, before a request's spans exist: with
-//! `OTEL_TRACES_SAMPLER=traceidratio` (or `parentbased_traceidratio`; a
-//! request's span is always a root) and `OTEL_TRACES_SAMPLER_ARG=0.01`, one
+//! `OTEL_TRACES_SAMPLER=traceidratio` and `OTEL_TRACES_SAMPLER_ARG=0.01`, one
 //! request in a hundred is traced and the others create no span at all. The
 //! SDK's own sampler would decide only when a span ends, after every span had
 //! been built: at tens of thousands of requests a second that alone costs a
 //! sixth of the throughput.
+//!
+//! A request that arrives inside a trace (a W3C `traceparent` header) gets a
+//! span in that trace, and under a `parentbased_` sampler (the default) it is
+//! traced exactly when its caller's is. Requests berth sends on (a mirror's
+//! upstream fetches) carry the trace on in their own `traceparent`.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::{Context, trace::TraceId};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use reqwest::header::HeaderMap;
 use tracing::Level;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -35,13 +45,51 @@ use crate::config::LogFormat;
 /// exporter: a span carries what its request did.
 const TRACE_FILTER: &str = "warn,berth_registry=info,berth_operator=info";
 
-/// The share of requests traced, as `f64` bits: 1.0 until set up.
+/// The share of new traces started, as `f64` bits: 1.0 until set up.
 static RATIO: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000);
+/// Whether a request inside a caller's trace follows the caller's choice.
+static PARENT_BASED: AtomicBool = AtomicBool::new(true);
+/// Whether spans are exported: without it no header is read or written.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
 
-/// Whether to trace the request starting now (a draw at the configured ratio).
-pub fn sampled() -> bool {
+/// The trace a request arrives in, from its `traceparent` and `tracestate`
+/// headers: only while spans are exported, and only when the header is well
+/// formed (a malformed one is ignored, and the request starts a trace).
+pub fn caller(headers: &HeaderMap) -> Option<Context> {
+    if !EXPORTING.load(Ordering::Relaxed) || !headers.contains_key("traceparent") {
+        return None;
+    }
+    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// Whether to trace the request starting now: as its caller chose under a
+/// `parentbased_` sampler, otherwise at the configured ratio (of the caller's
+/// trace id when there is one, so that services sampling alike agree).
+pub fn sampled(caller: Option<&Context>) -> bool {
     let ratio = f64::from_bits(RATIO.load(Ordering::Relaxed));
-    ratio >= 1.0 || (ratio > 0.0 && fastrand::f64() < ratio)
+    match caller.map(|cx| cx.span().span_context().clone()) {
+        Some(parent) if PARENT_BASED.load(Ordering::Relaxed) => parent.is_sampled(),
+        Some(parent) => within(parent.trace_id(), ratio),
+        None => ratio >= 1.0 || (ratio > 0.0 && fastrand::f64() < ratio),
+    }
+}
+
+/// The specification's `TraceIdRatioBased` test: the trace id's lower 63
+/// bits below `ratio` of their range.
+fn within(trace: TraceId, ratio: f64) -> bool {
+    let low = u64::from_be_bytes(trace.to_bytes()[8..].try_into().expect("8 bytes")) >> 1;
+    ratio >= 1.0 || (low as f64) < ratio * (1u64 << 63) as f64
+}
+
+/// Adds the current span's trace to the headers of a request berth sends on,
+/// when that span is traced; otherwise leaves them alone.
+pub fn carry(headers: &mut HeaderMap) {
+    let span = tracing::Span::current();
+    if !EXPORTING.load(Ordering::Relaxed) || span.is_disabled() {
+        return;
+    }
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +158,7 @@ pub fn init(service: &'static str, level: &str, format: LogFormat) -> Result<Tel
         None => vec![logs],
     };
     tracing_subscriber::registry().with(layers).try_init().map_err(|_| TelemetryError::Installed)?;
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
     Ok(Telemetry { provider })
 }
 
@@ -135,20 +184,34 @@ fn protocol(var: &dyn Fn(&str) -> Option<String>) -> Result<(), TelemetryError> 
     }
 }
 
-/// The share of requests to trace, from `OTEL_TRACES_SAMPLER` and its
-/// argument (a missing or invalid ratio is 1.0, as the specification says).
-fn ratio(var: &dyn Fn(&str) -> Option<String>) -> Result<f64, TelemetryError> {
-    let sampler = var("OTEL_TRACES_SAMPLER").map(|s| s.trim().to_ascii_lowercase()).unwrap_or_default();
-    let sampler = sampler.strip_prefix("parentbased_").unwrap_or(&sampler);
-    match sampler {
-        "" | "always_on" => Ok(1.0),
-        "always_off" => Ok(0.0),
+/// How requests are sampled, from `OTEL_TRACES_SAMPLER` and its argument.
+#[derive(Debug, PartialEq)]
+struct Sampling {
+    /// The share of new traces started (a missing or invalid ratio is 1.0,
+    /// as the specification says).
+    ratio: f64,
+    /// Whether a request in a caller's trace follows the caller's choice.
+    parent_based: bool,
+}
+
+fn sampling(var: &dyn Fn(&str) -> Option<String>) -> Result<Sampling, TelemetryError> {
+    let named = var("OTEL_TRACES_SAMPLER").map(|s| s.trim().to_ascii_lowercase()).unwrap_or_default();
+    // The specification's default is parentbased_always_on.
+    let sampler = if named.is_empty() { "parentbased_always_on" } else { &named };
+    let (parent_based, sampler) = match sampler.strip_prefix("parentbased_") {
+        Some(root) => (true, root),
+        None => (false, sampler),
+    };
+    let ratio = match sampler {
+        "always_on" => 1.0,
+        "always_off" => 0.0,
         "traceidratio" => {
             let arg = var("OTEL_TRACES_SAMPLER_ARG").and_then(|a| a.trim().parse::<f64>().ok());
-            Ok(arg.filter(|r| (0.0..=1.0).contains(r)).unwrap_or(1.0))
+            arg.filter(|r| (0.0..=1.0).contains(r)).unwrap_or(1.0)
         }
-        _ => Err(TelemetryError::Sampler(var("OTEL_TRACES_SAMPLER").unwrap_or_default())),
-    }
+        _ => return Err(TelemetryError::Sampler(var("OTEL_TRACES_SAMPLER").unwrap_or_default())),
+    };
+    Ok(Sampling { ratio, parent_based })
 }
 
 /// A batch exporter over OTLP/HTTP, on a thread of its own (the exporter
@@ -157,7 +220,9 @@ fn ratio(var: &dyn Fn(&str) -> Option<String>) -> Result<f64, TelemetryError> {
 fn provider(service: &'static str) -> Result<SdkTracerProvider, TelemetryError> {
     let var = |k: &str| std::env::var(k).ok();
     protocol(&var)?;
-    RATIO.store(ratio(&var)?.to_bits(), Ordering::Relaxed);
+    let sampling = sampling(&var)?;
+    RATIO.store(sampling.ratio.to_bits(), Ordering::Relaxed);
+    PARENT_BASED.store(sampling.parent_based, Ordering::Relaxed);
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()
@@ -193,17 +258,52 @@ mod tests {
         assert!(otlp_wanted(&env(&[endpoint, ("OTEL_TRACES_EXPORTER", "otlp"), ("OTEL_SDK_DISABLED", "false")])));
     }
 
+    fn ratio(pairs: &[(&str, &str)]) -> (f64, bool) {
+        let s = sampling(&env(pairs)).unwrap();
+        (s.ratio, s.parent_based)
+    }
+
     #[test]
-    fn the_sampler_gives_the_share_of_requests_traced() {
-        assert_eq!(ratio(&env(&[])).unwrap(), 1.0, "the specification's default: every trace");
-        assert_eq!(ratio(&env(&[("OTEL_TRACES_SAMPLER", "parentbased_always_off")])).unwrap(), 0.0);
+    fn the_sampler_gives_the_share_of_requests_traced_and_whether_callers_decide() {
+        assert_eq!(ratio(&[]), (1.0, true), "the specification's default: parentbased_always_on");
+        assert_eq!(ratio(&[("OTEL_TRACES_SAMPLER", "parentbased_always_off")]), (0.0, true));
+        assert_eq!(ratio(&[("OTEL_TRACES_SAMPLER", "always_on")]), (1.0, false));
         let sampled = [("OTEL_TRACES_SAMPLER", "TraceIdRatio"), ("OTEL_TRACES_SAMPLER_ARG", "0.01")];
-        assert_eq!(ratio(&env(&sampled)).unwrap(), 0.01);
+        assert_eq!(ratio(&sampled), (0.01, false));
         let parent = [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.25")];
-        assert_eq!(ratio(&env(&parent)).unwrap(), 0.25);
+        assert_eq!(ratio(&parent), (0.25, true));
         let invalid = [("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "2")];
-        assert_eq!(ratio(&env(&invalid)).unwrap(), 1.0);
-        assert!(matches!(ratio(&env(&[("OTEL_TRACES_SAMPLER", "jaeger_remote")])), Err(TelemetryError::Sampler(_))));
+        assert_eq!(ratio(&invalid).0, 1.0);
+        let unknown = sampling(&env(&[("OTEL_TRACES_SAMPLER", "jaeger_remote")]));
+        assert!(matches!(unknown, Err(TelemetryError::Sampler(_))));
+    }
+
+    #[test]
+    fn a_trace_id_ratio_takes_the_ids_below_its_share_of_the_range() {
+        let id = |low: u64| TraceId::from_bytes([[0xff; 8], low.to_be_bytes()].concat().try_into().unwrap());
+        assert!(within(id(0), 0.01));
+        assert!(!within(id(u64::MAX), 0.99));
+        assert!(within(id(u64::MAX), 1.0));
+        assert!(!within(id(0), 0.0));
+        // The lower 63 bits at a quarter of their range: a quarter takes them, a fifth does not.
+        let quarter = id(1 << 62);
+        assert!(within(quarter, 0.26) && !within(quarter, 0.2));
+    }
+
+    #[test]
+    fn a_callers_trace_is_read_only_from_a_well_formed_header_while_exporting() {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        assert!(caller(&headers).is_none(), "nothing is read while no spans are exported");
+        EXPORTING.store(true, Ordering::Relaxed);
+        let cx = caller(&headers).expect("a well-formed traceparent");
+        assert_eq!(cx.span().span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(cx.span().span_context().is_remote() && cx.span().span_context().is_sampled());
+        for bad in ["00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-xyz-00f067aa0ba902b7-01", "junk"] {
+            headers.insert("traceparent", bad.parse().unwrap());
+            assert!(caller(&headers).is_none(), "{bad} is no trace");
+        }
+        EXPORTING.store(false, Ordering::Relaxed);
     }
 
     #[test]

@@ -55,7 +55,14 @@ impl Collector {
                         .iter()
                         .map(|a| (a.key.clone(), text(a.value.as_ref().and_then(|v| v.value.as_ref()))))
                         .collect();
-                    out.push(Received { name: span.name.clone(), attributes, service: service.clone() });
+                    out.push(Received {
+                        name: span.name.clone(),
+                        attributes,
+                        service: service.clone(),
+                        trace: hex(&span.trace_id),
+                        id: hex(&span.span_id),
+                        parent: hex(&span.parent_span_id),
+                    });
                 }
             }
         }
@@ -69,6 +76,14 @@ struct Received {
     name: String,
     attributes: Vec<(String, String)>,
     service: String,
+    /// Trace, span and parent span ids in hex (the parent empty for a root).
+    trace: String,
+    id: String,
+    parent: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Received {
@@ -96,11 +111,19 @@ struct Server {
 impl Server {
     /// The binary on a free port, with exactly the `OTEL_*` variables given.
     fn start(otel: &[(&str, &str)]) -> Server {
+        Server::start_with("{}", otel)
+    }
+
+    /// The same with a configuration file of `yaml`.
+    fn start_with(yaml: &str, otel: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_berth-registry"));
         command
             .args(["--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+            .arg("--config")
+            .arg(dir.path().join("config.yaml"))
             .arg("--root")
             .arg(dir.path().join("data"))
             .env_remove("RUST_LOG")
@@ -114,14 +137,31 @@ impl Server {
         Server { child: command.spawn().unwrap(), base: format!("http://127.0.0.1:{port}"), _dir: dir }
     }
 
-    async fn round_trip(&self) {
+    async fn ready(&self) {
         let client = reqwest::Client::new();
         for _ in 0..100 {
             if client.get(format!("{}/readyz", self.base)).send().await.is_ok_and(|r| r.status() == 200) {
-                break;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        panic!("{} never became ready", self.base);
+    }
+
+    /// A manifest GET of `repository:reference`, with a `traceparent` header when given.
+    async fn pull(&self, repository: &str, reference: &str, traceparent: Option<&str>) -> u16 {
+        let mut get = reqwest::Client::new()
+            .get(format!("{}/v2/{repository}/manifests/{reference}", self.base))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json");
+        if let Some(traceparent) = traceparent {
+            get = get.header("traceparent", traceparent);
+        }
+        get.send().await.unwrap().status().as_u16()
+    }
+
+    async fn round_trip(&self) {
+        let client = reqwest::Client::new();
+        self.ready().await;
         let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
         let blob = client
             .post(format!("{}/v2/traced/app/blobs/uploads/?digest=sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", self.base))
@@ -255,4 +295,83 @@ fn a_protocol_that_is_not_built_in_is_refused_at_start() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("http/protobuf"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A `traceparent` header of `trace`, its caller's span `parent`, sampled or not.
+fn traceparent(trace: &str, parent: &str, sampled: bool) -> String {
+    format!("00-{trace}-{parent}-{}", if sampled { "01" } else { "00" })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_inside_a_callers_trace_continues_it_as_the_caller_sampled_it() {
+    let collector = Collector::default();
+    let endpoint = format!("http://{}", collector.serve("127.0.0.1:0").await);
+    let (caller, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+
+    // The default sampler (parentbased_always_on) follows the caller.
+    let server = Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    server.ready().await;
+    assert_eq!(server.pull("traced/app", "sampled", Some(&traceparent(caller, parent, true))).await, 404);
+    assert_eq!(server.pull("traced/app", "unsampled", Some(&traceparent(unsampled, parent, false))).await, 404);
+    assert_eq!(server.pull("traced/app", "malformed", Some("00-xyz-00f067aa0ba902b7-01")).await, 404);
+    assert_eq!(server.pull("traced/app", "alone", None).await, 404);
+    server.stop();
+    let spans = collector.spans();
+    let request =
+        |reference: &str| spans.iter().find(|s| s.name == "GET manifest" && s.attr("reference") == Some(reference));
+    let continued = request("sampled").unwrap_or_else(|| panic!("no span for the sampled caller: {spans:#?}"));
+    assert_eq!((continued.trace.as_str(), continued.parent.as_str()), (caller, parent), "{continued:?}");
+    let storage = spans.iter().find(|s| s.name == "tag_manifest" && s.attr("reference") == Some("sampled"));
+    assert_eq!(storage.map(|s| (&s.trace, &s.parent)), Some((&continued.trace, &continued.id)), "{spans:#?}");
+    assert!(request("unsampled").is_none(), "the caller did not sample its trace: {spans:#?}");
+    assert!(spans.iter().all(|s| s.trace != unsampled), "nothing of the unsampled trace is exported");
+    let malformed = request("malformed").expect("a malformed header starts a trace of its own");
+    assert!(malformed.parent.is_empty() && malformed.trace != caller, "{malformed:?}");
+    assert!(request("alone").is_some_and(|s| s.parent.is_empty()), "a request with no caller is a root");
+
+    // Without parentbased_ the configured sampler decides alone; with it, the caller.
+    collector.requests.lock().unwrap().clear();
+    let server = Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_TRACES_SAMPLER", "always_off")]);
+    server.ready().await;
+    server.pull("traced/app", "off", Some(&traceparent(caller, parent, true))).await;
+    server.stop();
+    let server =
+        Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_TRACES_SAMPLER", "parentbased_always_off")]);
+    server.ready().await;
+    server.pull("traced/app", "followed", Some(&traceparent(caller, parent, true))).await;
+    server.pull("traced/app", "root", None).await;
+    server.stop();
+    let spans = collector.spans();
+    let references: Vec<_> =
+        spans.iter().filter(|s| s.name == "GET manifest").filter_map(|s| s.attr("reference")).collect();
+    assert_eq!(references, ["followed"], "{spans:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mirrors_upstream_fetch_carries_the_trace_to_the_upstream() {
+    let collector = Collector::default();
+    let endpoint = format!("http://{}", collector.serve("127.0.0.1:0").await);
+    let upstream = Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_SERVICE_NAME", "upstream")]);
+    upstream.round_trip().await;
+    let mirror = Server::start_with(
+        &format!("mirrors: [{{prefix: up, url: \"{}\"}}]", upstream.base),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_SERVICE_NAME", "mirror")],
+    );
+    mirror.ready().await;
+    let (caller, parent) = ("5bf92f3577b34da6a3ce929d0e0e4737", "10f067aa0ba902b8");
+    assert_eq!(mirror.pull("up/traced/app", "v1", Some(&traceparent(caller, parent, true))).await, 200);
+    mirror.stop();
+    upstream.stop();
+    let spans: Vec<_> = collector.spans().into_iter().filter(|s| s.trace == caller).collect();
+    let find = |service: &str, name: &str| spans.iter().find(|s| s.service == service && s.name == name);
+    let pull = find("mirror", "GET manifest").unwrap_or_else(|| panic!("the mirror's request span: {spans:#?}"));
+    assert_eq!(pull.parent, parent);
+    let fetch = find("mirror", "GET upstream").unwrap_or_else(|| panic!("the mirror's upstream fetch: {spans:#?}"));
+    assert_eq!(fetch.parent, pull.id, "the fetch is part of the pull");
+    assert_eq!(fetch.attr("http.response.status_code"), Some("200"));
+    assert_eq!(fetch.attr("repository"), Some("traced/app"));
+    let served = spans.iter().find(|s| s.service == "upstream" && s.name == "GET manifest" && s.parent == fetch.id);
+    let served = served.unwrap_or_else(|| panic!("the upstream's span, child of the fetch: {spans:#?}"));
+    assert_eq!(served.attr("reference"), Some("v1"));
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use tracing::Instrument;
 
 pub type Flight<V> = Shared<BoxFuture<'static, V>>;
 
@@ -38,10 +39,15 @@ where
             return (flight.clone(), false);
         }
         let (me, k, fetch) = (self.clone(), key.clone(), start());
-        let task = tokio::spawn(async move {
-            let _leave = Leave { flights: me, key: k };
-            fetch.await
-        });
+        // The fetch is part of the request that started it (its spans are
+        // that request's children), though it may outlive it.
+        let task = tokio::spawn(
+            async move {
+                let _leave = Leave { flights: me, key: k };
+                fetch.await
+            }
+            .instrument(tracing::Span::current()),
+        );
         let flight = async move { task.await.unwrap_or_else(|_| failed()) }.boxed().shared();
         running.insert(key, flight.clone());
         (flight, true)

@@ -10,6 +10,7 @@ use base64::Engine;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
+use tracing::Instrument;
 
 use super::challenge::{self, Challenge};
 use super::{FetchError, SetupError};
@@ -131,7 +132,38 @@ impl Upstream {
     /// Sends a request with what the upstream asked for last time; on a 401,
     /// answers its challenge once and sends again. `bounded` requests have a
     /// deadline for the whole exchange (blob bodies only have the read timeout).
+    /// When the request that caused it is traced, so is this exchange, as a
+    /// client span whose trace the upstream is told of (`traceparent`).
     async fn send(
+        &self,
+        method: Method,
+        repo: &str,
+        path: &str,
+        accept: Option<&str>,
+        bounded: bool,
+    ) -> Result<Option<Response>, FetchError> {
+        let span = if tracing::Span::current().is_disabled() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "upstream",
+                otel.name = %format_args!("{method} upstream"),
+                otel.kind = "client",
+                http.request.method = %method,
+                url.full = %format_args!("{}{path}", self.base),
+                repository = repo,
+                http.response.status_code = tracing::field::Empty,
+            )
+        };
+        let answer = self.exchange(method, repo, path, accept, bounded).instrument(span.clone()).await;
+        if let Ok(response) = &answer {
+            let status = response.as_ref().map_or(404, |r| r.status().as_u16());
+            span.record("http.response.status_code", status);
+        }
+        answer
+    }
+
+    async fn exchange(
         &self,
         method: Method,
         repo: &str,
@@ -141,7 +173,9 @@ impl Upstream {
     ) -> Result<Option<Response>, FetchError> {
         let mut answered = false;
         loop {
-            let mut request = self.client.request(method.clone(), format!("{}{path}", self.base));
+            let mut trace = reqwest::header::HeaderMap::new();
+            crate::telemetry::carry(&mut trace);
+            let mut request = self.client.request(method.clone(), format!("{}{path}", self.base)).headers(trace);
             if bounded {
                 request = request.timeout(REQUEST_TIMEOUT);
             }

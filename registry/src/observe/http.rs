@@ -16,6 +16,7 @@ use axum::http::{Method, Request, Response, StatusCode};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics::{self, LatencyLabels, Metrics, RequestLabels, Route, RouteLabels};
 
@@ -39,7 +40,8 @@ impl Observer {
     pub fn begin<B>(&self, request: Request<B>, peer: SocketAddr) -> (Record, Request<Counted<B>>) {
         let route = classify(request.uri().path(), &self.metrics_path);
         let method = request.method().clone();
-        let span = if !crate::telemetry::sampled() {
+        let caller = crate::telemetry::caller(request.headers());
+        let span = if !crate::telemetry::sampled(caller.as_ref()) {
             Span::none()
         } else {
             tracing::info_span!(
@@ -53,6 +55,10 @@ impl Observer {
             http.response.status_code = tracing::field::Empty,
             )
         };
+        if let Some(caller) = caller {
+            // Fails only for a span that is not exported: it has no parent to set.
+            let _ = span.set_parent(caller);
+        }
         let received = matches!(method, Method::PUT | Method::POST | Method::PATCH).then(Arc::default);
         if let Some(m) = &self.metrics {
             m.in_flight.inc();
