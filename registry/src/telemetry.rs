@@ -1,7 +1,8 @@
 //! Logs and traces, set up the same way for `berth-registry` and
 //! `berth-operator`. Logs go to stdout as text or JSON lines, filtered by
-//! `RUST_LOG` (or the configured level). Traces go out over OTLP/HTTP
-//! (protobuf) only when the standard environment asks for them
+//! `RUST_LOG` (or the configured level). Traces go out over OTLP, HTTP with
+//! protobuf (the specification's default) or gRPC
+//! (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`), only when the standard environment asks for them
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, and
 //! neither `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none`); without
 //! it no exporter exists and nothing is sent. Spans are never written to the
@@ -27,6 +28,8 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, trace::TraceId};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_otlp::tonic_types::transport::ClientTlsConfig;
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
@@ -94,8 +97,10 @@ pub fn carry(headers: &mut HeaderMap) {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error("OTLP protocol {0:?} is not supported: set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf")]
+    #[error("OTLP protocol {0:?} is not supported: set OTEL_EXPORTER_OTLP_PROTOCOL to http/protobuf or grpc")]
     Protocol(String),
+    #[error("the OTLP/gRPC exporter needs a Tokio runtime to start in")]
+    NoRuntime,
     #[error("setting up the OTLP trace exporter: {0}")]
     Exporter(String),
     #[error(
@@ -174,14 +179,22 @@ fn otlp_wanted(var: &dyn Fn(&str) -> Option<String>) -> bool {
     set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some() || set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
 }
 
-/// The protocol asked for, checked: only HTTP with protobuf is built in.
-fn protocol(var: &dyn Fn(&str) -> Option<String>) -> Result<(), TelemetryError> {
+/// The protocol asked for, checked: HTTP with protobuf (the default) or
+/// gRPC; JSON over HTTP is not built in.
+fn protocol(var: &dyn Fn(&str) -> Option<String>) -> Result<Protocol, TelemetryError> {
     let set = |k: &str| var(k).filter(|v| !v.trim().is_empty());
     let asked = set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| set("OTEL_EXPORTER_OTLP_PROTOCOL"));
     match asked.as_deref().map(str::trim) {
-        None | Some("") | Some("http/protobuf") => Ok(()),
+        None | Some("http/protobuf") => Ok(Protocol::HttpBinary),
+        Some("grpc") => Ok(Protocol::Grpc),
         Some(other) => Err(TelemetryError::Protocol(other.to_owned())),
     }
+}
+
+/// The endpoint the gRPC exporter will use, as it reads the environment.
+fn grpc_endpoint(var: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let set = |k: &str| var(k).map(|v| v.trim().to_ascii_lowercase()).filter(|v| !v.is_empty());
+    set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"))
 }
 
 /// How requests are sampled, from `OTEL_TRACES_SAMPLER` and its argument.
@@ -214,19 +227,33 @@ fn sampling(var: &dyn Fn(&str) -> Option<String>) -> Result<Sampling, TelemetryE
     Ok(Sampling { ratio, parent_based })
 }
 
-/// A batch exporter over OTLP/HTTP, on a thread of its own (the exporter
-/// reads the endpoint, headers and timeout from the standard environment).
-/// The SDK keeps every span it is given: [`sampled`] chose them already.
+/// A batch exporter over OTLP, on a thread of its own (the exporter reads
+/// the endpoint, headers and timeout from the standard environment). The
+/// SDK keeps every span it is given: [`sampled`] chose them already.
 fn provider(service: &'static str) -> Result<SdkTracerProvider, TelemetryError> {
     let var = |k: &str| std::env::var(k).ok();
-    protocol(&var)?;
+    let protocol = protocol(&var)?;
     let sampling = sampling(&var)?;
     RATIO.store(sampling.ratio.to_bits(), Ordering::Relaxed);
     PARENT_BASED.store(sampling.parent_based, Ordering::Relaxed);
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .build()
-        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let exporter = match protocol {
+        Protocol::Grpc => {
+            // tonic's channel runs on the runtime it starts in; the batch
+            // thread's exports are served there.
+            tokio::runtime::Handle::try_current().map_err(|_| TelemetryError::NoRuntime)?;
+            let tonic = builder.with_tonic().with_protocol(protocol);
+            // Left to itself the exporter would trust no root at all: the
+            // system's (`SSL_CERT_FILE` honoured), as over HTTP.
+            if grpc_endpoint(&var).is_some_and(|e| e.starts_with("https://")) {
+                tonic.with_tls_config(ClientTlsConfig::new().with_native_roots()).build()
+            } else {
+                tonic.build()
+            }
+        }
+        _ => builder.with_http().with_protocol(protocol).build(),
+    };
+    let exporter = exporter.map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(service);
@@ -307,14 +334,17 @@ mod tests {
     }
 
     #[test]
-    fn only_http_protobuf_is_accepted() {
-        assert!(protocol(&env(&[])).is_ok());
-        assert!(protocol(&env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])).is_ok());
-        assert!(matches!(protocol(&env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])), Err(TelemetryError::Protocol(_))));
+    fn http_protobuf_by_default_grpc_when_asked_and_nothing_else() {
+        let asked = |pairs: &[(&str, &str)]| protocol(&env(pairs)).ok();
+        assert_eq!(asked(&[]), Some(Protocol::HttpBinary));
+        assert_eq!(asked(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]), Some(Protocol::HttpBinary));
+        assert_eq!(asked(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]), Some(Protocol::Grpc));
+        let json = protocol(&env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]));
+        assert!(matches!(json, Err(TelemetryError::Protocol(_))));
         let traces_win =
             [("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"), ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")];
-        assert!(protocol(&env(&traces_win)).is_ok());
+        assert_eq!(asked(&traces_win), Some(Protocol::HttpBinary));
         let empty = [("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", ""), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
-        assert!(protocol(&env(&empty)).is_err(), "an empty variable is no setting");
+        assert_eq!(asked(&empty), Some(Protocol::Grpc), "an empty variable is no setting");
     }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
 
@@ -34,6 +35,22 @@ impl Collector {
             }),
         );
         tokio::spawn(async move { axum::serve(listener, app).await });
+        local
+    }
+
+    /// The same over gRPC (OTLP's `TraceService/Export`), with TLS when given
+    /// a certificate and key.
+    async fn serve_grpc(&self, tls: Option<(&str, &str)>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the gRPC stand-in");
+        let local = listener.local_addr().unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let mut server = tonic::transport::Server::builder();
+        if let Some((cert, key)) = tls {
+            let identity = tonic::transport::Identity::from_pem(cert, key);
+            server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).unwrap();
+        }
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(server.add_service(service).serve_with_incoming(incoming));
         local
     }
 
@@ -67,6 +84,17 @@ impl Collector {
             }
         }
         out
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.requests.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
@@ -289,12 +317,83 @@ async fn without_an_endpoint_nothing_is_sent_not_even_to_the_default_one() {
 fn a_protocol_that_is_not_built_in_is_refused_at_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_berth-registry"))
         .args(["--listen", "127.0.0.1:0", "--root", "/nonexistent/never"])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("http/protobuf"), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("http/json") && stderr.contains("grpc"), "{stderr}");
+}
+
+/// Runs a round trip against a registry exporting over gRPC to `endpoint`
+/// (with `extra` in its environment) and says whether its spans reached
+/// `collector` while it ran (within 5 s), then checks what arrived.
+async fn round_trip_over_grpc(collector: &Collector, endpoint: &str, extra: &[(&str, &str)]) -> bool {
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_SERVICE_NAME", "berth-over-grpc"),
+    ];
+    env.extend_from_slice(extra);
+    let server = Server::start(&env);
+    server.round_trip().await;
+    // Sent in batches while the process runs, not only at its stop.
+    let pulled = |spans: &[Received]| spans.iter().any(|s| s.name == "GET manifest");
+    for _ in 0..100 {
+        if pulled(&collector.spans()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let arrived = pulled(&collector.spans());
+    server.stop();
+    if arrived {
+        let spans = collector.spans();
+        let pull = spans.iter().find(|s| s.name == "GET manifest" && s.attr("reference") == Some("v1"));
+        let pull = pull.unwrap_or_else(|| panic!("no request span over gRPC: {spans:#?}"));
+        assert_eq!((pull.attr("repository"), pull.service.as_str()), (Some("traced/app"), "berth-over-grpc"));
+        let storage = spans.iter().find(|s| s.name == "tag_manifest" && s.trace == pull.trace);
+        assert_eq!(storage.map(|s| &s.parent), Some(&pull.id), "the storage span under the request's: {spans:#?}");
+    }
+    arrived
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_reach_a_grpc_collector_when_the_protocol_is_grpc() {
+    let collector = Collector::default();
+    let addr = collector.serve_grpc(None).await;
+    assert!(round_trip_over_grpc(&collector, &format!("http://{addr}"), &[]).await, "no span arrived over gRPC");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_collector_over_tls_is_trusted_through_the_systems_roots_and_only_then() {
+    let (ca, cert, key) = test_certificate();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let collector = Collector::default();
+    let addr = collector.serve_grpc(Some((&cert, &key))).await;
+    let endpoint = format!("https://localhost:{}", addr.port());
+    // Its CA unknown to the system, the collector is not trusted.
+    assert!(!round_trip_over_grpc(&collector, &endpoint, &[("SSL_CERT_FILE", "/dev/null")]).await);
+    assert!(collector.requests.lock().unwrap().is_empty(), "spans went to an untrusted collector");
+    // Known through SSL_CERT_FILE, it gets the spans.
+    let trusted = [("SSL_CERT_FILE", ca_file.to_str().unwrap())];
+    assert!(round_trip_over_grpc(&collector, &endpoint, &trusted).await, "no span arrived over gRPC with TLS");
+}
+
+/// A test CA's certificate, and a certificate for `localhost` it signed with its key (PEM).
+fn test_certificate() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "berth telemetry test CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &ca).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
 /// A `traceparent` header of `trace`, its caller's span `parent`, sampled or not.
