@@ -42,6 +42,16 @@ struct AuthState {
     tokens: HashMap<String, (String, Instant)>,
 }
 
+/// One request to the upstream.
+struct Call<'a> {
+    method: Method,
+    repo: &'a str,
+    path: String,
+    accept: Option<&'a str>,
+    /// With a deadline for the whole exchange (blob bodies only have the read timeout).
+    bounded: bool,
+}
+
 /// A manifest as the upstream answered it.
 pub struct UpstreamManifest {
     pub media_type: String,
@@ -104,7 +114,8 @@ impl Upstream {
     ) -> Result<Option<UpstreamManifest>, FetchError> {
         let method = if head { Method::HEAD } else { Method::GET };
         let path = format!("/v2/{repo}/manifests/{reference}");
-        let Some(response) = self.send(method, repo, &path, Some(accept), true).await? else {
+        let call = Call { method, repo, path, accept: Some(accept), bounded: true };
+        let Some(response) = self.send(call).await? else {
             return Ok(None);
         };
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -120,28 +131,23 @@ impl Upstream {
     /// `GET` of a blob, its body still to be read; `None` when the upstream does
     /// not have it.
     pub async fn blob(&self, repo: &str, digest: &str) -> Result<Option<Response>, FetchError> {
-        self.send(Method::GET, repo, &format!("/v2/{repo}/blobs/{digest}"), None, false).await
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        self.send(Call { method: Method::GET, repo, path, accept: None, bounded: false }).await
     }
 
     /// Whether the upstream serves a blob in `repo` (a HEAD: no body moves).
     pub async fn has_blob(&self, repo: &str, digest: &str) -> Result<bool, FetchError> {
-        let found = self.send(Method::HEAD, repo, &format!("/v2/{repo}/blobs/{digest}"), None, true).await?;
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let found = self.send(Call { method: Method::HEAD, repo, path, accept: None, bounded: true }).await?;
         Ok(found.is_some())
     }
 
     /// Sends a request with what the upstream asked for last time; on a 401,
-    /// answers its challenge once and sends again. `bounded` requests have a
-    /// deadline for the whole exchange (blob bodies only have the read timeout).
-    /// When the request that caused it is traced, so is this exchange, as a
-    /// client span whose trace the upstream is told of (`traceparent`).
-    async fn send(
-        &self,
-        method: Method,
-        repo: &str,
-        path: &str,
-        accept: Option<&str>,
-        bounded: bool,
-    ) -> Result<Option<Response>, FetchError> {
+    /// answers its challenge once and sends again. When the request that
+    /// caused it is traced, so is this exchange, as a client span whose trace
+    /// the upstream is told of (`traceparent`).
+    async fn send(&self, call: Call<'_>) -> Result<Option<Response>, FetchError> {
+        let Call { method, repo, path, .. } = &call;
         let span = if tracing::Span::current().is_disabled() {
             tracing::Span::none()
         } else {
@@ -155,7 +161,7 @@ impl Upstream {
                 http.response.status_code = tracing::field::Empty,
             )
         };
-        let answer = self.exchange(method, repo, path, accept, bounded).instrument(span.clone()).await;
+        let answer = self.exchange(&call).instrument(span.clone()).await;
         if let Ok(response) = &answer {
             let status = response.as_ref().map_or(404, |r| r.status().as_u16());
             span.record("http.response.status_code", status);
@@ -163,24 +169,18 @@ impl Upstream {
         answer
     }
 
-    async fn exchange(
-        &self,
-        method: Method,
-        repo: &str,
-        path: &str,
-        accept: Option<&str>,
-        bounded: bool,
-    ) -> Result<Option<Response>, FetchError> {
+    async fn exchange(&self, call: &Call<'_>) -> Result<Option<Response>, FetchError> {
+        let Call { method, repo, path, accept, bounded } = call;
         let mut answered = false;
         loop {
             let mut trace = reqwest::header::HeaderMap::new();
             crate::telemetry::carry(&mut trace);
             let mut request = self.client.request(method.clone(), format!("{}{path}", self.base)).headers(trace);
-            if bounded {
+            if *bounded {
                 request = request.timeout(REQUEST_TIMEOUT);
             }
             if let Some(accept) = accept {
-                request = request.header(ACCEPT, accept);
+                request = request.header(ACCEPT, *accept);
             }
             if let Some(auth) = self.authorization(repo) {
                 request = request.header(AUTHORIZATION, auth);
