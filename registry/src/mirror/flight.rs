@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub type Flight<V> = Shared<BoxFuture<'static, V>>;
 
@@ -39,14 +40,12 @@ where
             return (flight.clone(), false);
         }
         let (me, k, fetch) = (self.clone(), key.clone(), start());
-        // The fetch is part of the request that started it (its spans are
-        // that request's children), though it may outlive it.
         let task = tokio::spawn(
             async move {
                 let _leave = Leave { flights: me, key: k };
                 fetch.await
             }
-            .instrument(tracing::Span::current()),
+            .instrument(fetch_span()),
         );
         let flight = async move { task.await.unwrap_or_else(|_| failed()) }.boxed().shared();
         running.insert(key, flight.clone());
@@ -62,6 +61,20 @@ where
     pub fn len(&self) -> usize {
         self.running.lock().unwrap().len()
     }
+}
+
+/// The span of a fetch: in the trace of the request that started it, but
+/// not a tracing child of its span, which would then stay open until the
+/// fetch ends (the request may be long gone: its client left).
+fn fetch_span() -> tracing::Span {
+    let request = tracing::Span::current();
+    if request.is_disabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(parent: None, "fetch", otel.name = "mirror fetch");
+    // Fails only when spans are not exported, and then there is no trace.
+    let _ = span.set_parent(request.context());
+    span
 }
 
 /// Takes a finished fetch out of the table, also when it panicked.

@@ -81,6 +81,24 @@ pub enum FetchError {
     Crashed,
 }
 
+impl FetchError {
+    /// A short name of the kind of failure (a span's `error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FetchError::NotFound => "not_found",
+            FetchError::Unreachable(_) => "unreachable",
+            FetchError::Status(_) => "status",
+            FetchError::Refused(_) => "refused",
+            FetchError::TooLarge(_) => "too_large",
+            FetchError::DigestMismatch => "digest_mismatch",
+            FetchError::Invalid(_) => "invalid",
+            FetchError::Storage(_) => "storage",
+            FetchError::Busy => "busy",
+            FetchError::Crashed => "crashed",
+        }
+    }
+}
+
 impl From<storage::Error> for FetchError {
     fn from(e: storage::Error) -> Self {
         match e {

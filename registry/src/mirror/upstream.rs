@@ -159,12 +159,13 @@ impl Upstream {
                 url.full = %format_args!("{}{path}", self.base),
                 repository = repo,
                 http.response.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                error.type = tracing::field::Empty,
             )
         };
         let answer = self.exchange(&call).instrument(span.clone()).await;
-        if let Ok(response) = &answer {
-            let status = response.as_ref().map_or(404, |r| r.status().as_u16());
-            span.record("http.response.status_code", status);
+        if let Err(e) = &answer {
+            span.record("otel.status_code", "ERROR").record("error.type", e.kind());
         }
         answer
     }
@@ -186,6 +187,8 @@ impl Upstream {
                 request = request.header(AUTHORIZATION, auth);
             }
             let response = request.send().await.map_err(|e| FetchError::Unreachable(describe(&e)))?;
+            // The upstream span's (the last answer, after a challenge).
+            tracing::Span::current().record("http.response.status_code", response.status().as_u16());
             match response.status() {
                 s if s.is_success() => return Ok(Some(response)),
                 StatusCode::NOT_FOUND => return Ok(None),
