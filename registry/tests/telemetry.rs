@@ -25,29 +25,51 @@ impl Collector {
     async fn serve(&self, addr: &str) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind(addr).await.expect("binding the collector stand-in");
         let local = listener.local_addr().unwrap();
-        let requests = self.requests.clone();
-        let app = axum::Router::new().route(
-            "/v1/traces",
-            post(move |body: Bytes| async move {
-                let decoded = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-                requests.lock().unwrap().push(decoded);
-                ""
-            }),
-        );
+        let app = self.http();
         tokio::spawn(async move { axum::serve(listener, app).await });
         local
     }
 
-    /// The same over gRPC (OTLP's `TraceService/Export`), with TLS when given
-    /// a certificate and key.
-    async fn serve_grpc(&self, tls: Option<(&str, &str)>) -> std::net::SocketAddr {
+    /// OTLP/HTTP, protobuf or JSON as the content type says.
+    fn http(&self) -> axum::Router {
+        let requests = self.requests.clone();
+        axum::Router::new().route(
+            "/v1/traces",
+            post(move |headers: axum::http::HeaderMap, body: Bytes| async move {
+                let decoded = if headers.get("content-type").is_some_and(|t| t == "application/json") {
+                    serde_json::from_slice(&body).expect("OTLP JSON")
+                } else {
+                    ExportTraceServiceRequest::decode(body).expect("OTLP protobuf")
+                };
+                requests.lock().unwrap().push(decoded);
+                ""
+            }),
+        )
+    }
+
+    /// OTLP/HTTP over TLS, with `pki`'s server certificate, asking for a
+    /// client certificate its CA signed.
+    async fn serve_https(&self, pki: &Pki) -> std::net::SocketAddr {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the HTTPS stand-in");
+        let local = tcp.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config()));
+        let app = self.http();
+        tokio::spawn(async move { axum::serve(TlsListener { tcp, acceptor }, app).await });
+        local
+    }
+
+    /// The same over gRPC (OTLP's `TraceService/Export`); with `pki`, over
+    /// TLS with its server certificate, asking for a client certificate.
+    async fn serve_grpc(&self, pki: Option<&Pki>) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the gRPC stand-in");
         let local = listener.local_addr().unwrap();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let mut server = tonic::transport::Server::builder();
-        if let Some((cert, key)) = tls {
-            let identity = tonic::transport::Identity::from_pem(cert, key);
-            server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).unwrap();
+        if let Some(pki) = pki {
+            let identity = tonic::transport::Identity::from_pem(&pki.server.0, &pki.server.1);
+            let client_ca = tonic::transport::Certificate::from_pem(&pki.ca);
+            let tls = tonic::transport::ServerTlsConfig::new().identity(identity).client_ca_root(client_ca);
+            server = server.tls_config(tls).unwrap();
         }
         let service = TraceServiceServer::new(self.clone());
         tokio::spawn(server.add_service(service).serve_with_incoming(incoming));
@@ -130,6 +152,9 @@ fn text(v: Option<&Value>) -> String {
     }
 }
 
+/// The test image: an OCI manifest of the empty config and no layers.
+const MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+
 struct Server {
     child: Child,
     base: String,
@@ -160,6 +185,8 @@ impl Server {
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")) {
             command.env_remove(k);
         }
+        // The system's roots are the machine's, unless a test says otherwise.
+        command.env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR");
         // Spans leave in small batches at once, so the test need not wait.
         command.env("OTEL_BSP_SCHEDULE_DELAY", "100").envs(otel.iter().copied());
         Server { child: command.spawn().unwrap(), base: format!("http://127.0.0.1:{port}"), _dir: dir }
@@ -187,10 +214,21 @@ impl Server {
         get.send().await.unwrap().status().as_u16()
     }
 
+    /// Pushes the test image's manifest (its config blob already there) as `traced/app:{tag}`.
+    async fn tag(&self, tag: &str) {
+        let put = reqwest::Client::new()
+            .put(format!("{}/v2/traced/app/manifests/{tag}", self.base))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 201);
+    }
+
     async fn round_trip(&self) {
         let client = reqwest::Client::new();
         self.ready().await;
-        let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
         let blob = client
             .post(format!("{}/v2/traced/app/blobs/uploads/?digest=sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", self.base))
             .body("{}")
@@ -198,14 +236,7 @@ impl Server {
             .await
             .unwrap();
         assert_eq!(blob.status(), 201);
-        let put = client
-            .put(format!("{}/v2/traced/app/manifests/v1", self.base))
-            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
-            .body(manifest.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(put.status(), 201);
+        self.tag("v1").await;
         let accept = "application/vnd.oci.image.manifest.v1+json";
         let get = client
             .get(format!("{}/v2/traced/app/manifests/v1", self.base))
@@ -314,28 +345,31 @@ async fn without_an_endpoint_nothing_is_sent_not_even_to_the_default_one() {
 }
 
 #[test]
-fn a_protocol_that_is_not_built_in_is_refused_at_start() {
-    let out = Command::new(env!("CARGO_BIN_EXE_berth-registry"))
-        .args(["--listen", "127.0.0.1:0", "--root", "/nonexistent/never"])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("http/json") && stderr.contains("grpc"), "{stderr}");
+fn an_unknown_protocol_or_half_a_client_identity_is_refused_at_start() {
+    let refused = |var: &str, value: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth-registry"))
+            .args(["--listen", "127.0.0.1:0", "--root", "/nonexistent/never"])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = refused("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift");
+    assert!(stderr.contains("thrift") && stderr.contains("http/json"), "{stderr}");
+    let stderr = refused("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/etc/hostname");
+    assert!(stderr.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY"), "{stderr}");
+    let stderr = refused("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem");
+    assert!(stderr.contains("/nonexistent/ca.pem"), "{stderr}");
 }
 
-/// Runs a round trip against a registry exporting over gRPC to `endpoint`
-/// (with `extra` in its environment) and says whether its spans reached
-/// `collector` while it ran (within 5 s), then checks what arrived.
-async fn round_trip_over_grpc(collector: &Collector, endpoint: &str, extra: &[(&str, &str)]) -> bool {
-    let mut env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ("OTEL_SERVICE_NAME", "berth-over-grpc"),
-    ];
-    env.extend_from_slice(extra);
+/// Runs a round trip against a registry exporting with `env` (endpoint,
+/// protocol, TLS files) and says whether its spans reached `collector` while
+/// it ran (within 5 s); checks what arrived when they did.
+async fn round_trip_exporting(collector: &Collector, env: &[(&str, &str)]) -> bool {
+    let mut env = env.to_vec();
+    env.push(("OTEL_SERVICE_NAME", "berth-exporting"));
     let server = Server::start(&env);
     server.round_trip().await;
     // Sent in batches while the process runs, not only at its stop.
@@ -351,8 +385,8 @@ async fn round_trip_over_grpc(collector: &Collector, endpoint: &str, extra: &[(&
     if arrived {
         let spans = collector.spans();
         let pull = spans.iter().find(|s| s.name == "GET manifest" && s.attr("reference") == Some("v1"));
-        let pull = pull.unwrap_or_else(|| panic!("no request span over gRPC: {spans:#?}"));
-        assert_eq!((pull.attr("repository"), pull.service.as_str()), (Some("traced/app"), "berth-over-grpc"));
+        let pull = pull.unwrap_or_else(|| panic!("no request span: {spans:#?}"));
+        assert_eq!((pull.attr("repository"), pull.service.as_str()), (Some("traced/app"), "berth-exporting"));
         let storage = spans.iter().find(|s| s.name == "tag_manifest" && s.trace == pull.trace);
         assert_eq!(storage.map(|s| &s.parent), Some(&pull.id), "the storage span under the request's: {spans:#?}");
     }
@@ -360,40 +394,16 @@ async fn round_trip_over_grpc(collector: &Collector, endpoint: &str, extra: &[(&
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn spans_reach_a_grpc_collector_when_the_protocol_is_grpc() {
+async fn spans_reach_a_collector_over_grpc_or_json_when_asked() {
     let collector = Collector::default();
-    let addr = collector.serve_grpc(None).await;
-    assert!(round_trip_over_grpc(&collector, &format!("http://{addr}"), &[]).await, "no span arrived over gRPC");
-}
+    let grpc = format!("http://{}", collector.serve_grpc(None).await);
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", grpc.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
+    assert!(round_trip_exporting(&collector, &env).await, "no span arrived over gRPC");
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_grpc_collector_over_tls_is_trusted_through_the_systems_roots_and_only_then() {
-    let (ca, cert, key) = test_certificate();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca).unwrap();
     let collector = Collector::default();
-    let addr = collector.serve_grpc(Some((&cert, &key))).await;
-    let endpoint = format!("https://localhost:{}", addr.port());
-    // Its CA unknown to the system, the collector is not trusted.
-    assert!(!round_trip_over_grpc(&collector, &endpoint, &[("SSL_CERT_FILE", "/dev/null")]).await);
-    assert!(collector.requests.lock().unwrap().is_empty(), "spans went to an untrusted collector");
-    // Known through SSL_CERT_FILE, it gets the spans.
-    let trusted = [("SSL_CERT_FILE", ca_file.to_str().unwrap())];
-    assert!(round_trip_over_grpc(&collector, &endpoint, &trusted).await, "no span arrived over gRPC with TLS");
-}
-
-/// A test CA's certificate, and a certificate for `localhost` it signed with its key (PEM).
-fn test_certificate() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "berth telemetry test CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = leaf.signed_by(&key, &ca).unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
+    let http = format!("http://{}", collector.serve("127.0.0.1:0").await);
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", http.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")];
+    assert!(round_trip_exporting(&collector, &env).await, "no span arrived as JSON");
 }
 
 /// A `traceparent` header of `trace`, its caller's span `parent`, sampled or not.
@@ -466,11 +476,155 @@ async fn a_mirrors_upstream_fetch_carries_the_trace_to_the_upstream() {
     let find = |service: &str, name: &str| spans.iter().find(|s| s.service == service && s.name == name);
     let pull = find("mirror", "GET manifest").unwrap_or_else(|| panic!("the mirror's request span: {spans:#?}"));
     assert_eq!(pull.parent, parent);
-    let fetch = find("mirror", "GET upstream").unwrap_or_else(|| panic!("the mirror's upstream fetch: {spans:#?}"));
+    let fetch = find("mirror", "mirror fetch").unwrap_or_else(|| panic!("the mirror's fetch: {spans:#?}"));
     assert_eq!(fetch.parent, pull.id, "the fetch is part of the pull");
-    assert_eq!(fetch.attr("http.response.status_code"), Some("200"));
-    assert_eq!(fetch.attr("repository"), Some("traced/app"));
-    let served = spans.iter().find(|s| s.service == "upstream" && s.name == "GET manifest" && s.parent == fetch.id);
-    let served = served.unwrap_or_else(|| panic!("the upstream's span, child of the fetch: {spans:#?}"));
+    let get = find("mirror", "GET upstream").unwrap_or_else(|| panic!("the mirror's upstream request: {spans:#?}"));
+    assert_eq!(get.parent, fetch.id, "the upstream request is the fetch's");
+    assert_eq!(get.attr("http.response.status_code"), Some("200"));
+    assert_eq!(get.attr("repository"), Some("traced/app"));
+    let served = spans.iter().find(|s| s.service == "upstream" && s.name == "GET manifest" && s.parent == get.id);
+    let served = served.unwrap_or_else(|| panic!("the upstream's span, child of the upstream request: {spans:#?}"));
     assert_eq!(served.attr("reference"), Some("v1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mirror_that_does_not_trace_a_pull_tells_its_upstream_not_to_trace_the_fetch() {
+    let collector = Collector::default();
+    let endpoint = format!("http://{}", collector.serve("127.0.0.1:0").await);
+    // The upstream samples as its callers do (the default).
+    let upstream = Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_SERVICE_NAME", "upstream")]);
+    upstream.round_trip().await;
+    upstream.tag("quiet").await;
+    let mirror = Server::start_with(
+        &format!("mirrors: [{{prefix: up, url: \"{}\"}}]", upstream.base),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_TRACES_SAMPLER", "always_off")],
+    );
+    mirror.ready().await;
+    assert_eq!(mirror.pull("up/traced/app", "quiet", None).await, 200);
+    mirror.stop();
+    upstream.stop();
+    let spans = collector.spans();
+    let fetched = spans.iter().filter(|s| s.service == "upstream" && s.attr("reference") == Some("quiet"));
+    let fetched: Vec<_> = fetched.filter(|s| s.name != "PUT manifest").collect();
+    assert!(fetched.is_empty(), "the upstream traced a fetch the mirror did not: {fetched:#?}");
+    assert!(spans.iter().any(|s| s.name == "PUT manifest"), "the upstream exports its own requests: {spans:#?}");
+}
+
+/// Against a collector with TLS that asks for a client certificate, over
+/// `protocol` at `endpoint`: the system's roots (`SSL_CERT_FILE`) or the
+/// CA file make it trusted, and berth presents its client certificate.
+async fn mutual_tls(collector: &Collector, protocol: &str, endpoint: &str, pki: &Pki) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (ca, cert, key) = (file("ca.pem", &pki.ca), file("cert.pem", &pki.client.0), file("key.pem", &pki.client.1));
+    // The system's roots, as far as the test's processes know: another CA.
+    let other = file("other.pem", &Pki::new().ca);
+    let base = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)];
+    let with = |extra: &[(&'static str, &str)], files: &[(&'static str, &str)]| -> Vec<(String, String)> {
+        let (extra, files) = (extra.iter().map(|(k, v)| (*k, *v)), files.iter().map(|(k, v)| (*k, *v)));
+        base.iter().copied().chain(extra).chain(files).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    };
+    let (cert, key) =
+        (("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.as_str()), ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.as_str()));
+    let no_roots = ("SSL_CERT_FILE", other.as_str());
+    let ca_file = ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str());
+    let cases = [
+        ("a collector whose CA is unknown", with(&[no_roots], &[cert, key]), false),
+        ("a client without a certificate", with(&[no_roots], &[ca_file]), false),
+        ("the CA file and the client certificate", with(&[no_roots], &[ca_file, cert, key]), true),
+        ("the CA among the system's roots", with(&[], &[("SSL_CERT_FILE", ca.as_str()), cert, key]), true),
+    ];
+    for (case, env, delivered) in cases {
+        collector.requests.lock().unwrap().clear();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(round_trip_exporting(collector, &env).await, delivered, "{protocol}: {case}");
+        if !delivered {
+            assert!(collector.requests.lock().unwrap().is_empty(), "{protocol}: {case}: spans arrived after all");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_collector_with_mutual_tls_gets_spans_from_a_client_that_trusts_it_and_has_a_certificate() {
+    let pki = Pki::new();
+    let collector = Collector::default();
+    let endpoint = format!("https://localhost:{}", collector.serve_grpc(Some(&pki)).await.port());
+    mutual_tls(&collector, "grpc", &endpoint, &pki).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_collector_with_mutual_tls_gets_spans_from_a_client_that_trusts_it_and_has_a_certificate() {
+    let pki = Pki::new();
+    let collector = Collector::default();
+    let endpoint = format!("https://localhost:{}", collector.serve_https(&pki).await.port());
+    mutual_tls(&collector, "http/protobuf", &endpoint, &pki).await;
+}
+
+/// A test CA, a server certificate for `localhost` and a client certificate
+/// it signed, as PEM (certificate, key).
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        };
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "berth telemetry test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |name: &str, usage| {
+            let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            (params.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
+        };
+        let server = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth);
+        let client = leaf("berth-registry", ExtendedKeyUsagePurpose::ClientAuth);
+        Pki { ca: ca.pem(), server, client }
+    }
+
+    /// A rustls server configuration requiring a client certificate the CA signed.
+    fn server_config(&self) -> rustls::ServerConfig {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(self.ca.as_bytes()).unwrap()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
+        let chain = vec![CertificateDer::from_pem_slice(self.server.0.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(self.server.1.as_bytes()).unwrap();
+        rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(chain, key).unwrap()
+    }
+}
+
+/// TLS connections for `axum::serve`; a failed handshake is dropped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }
