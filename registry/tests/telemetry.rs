@@ -457,17 +457,31 @@ async fn a_request_inside_a_callers_trace_continues_it_as_the_caller_sampled_it(
     assert_eq!(references, ["followed"], "{spans:#?}");
 }
 
+/// A berth upstream holding the test image as `traced/app:v1` and `:quiet`,
+/// and a berth mirroring it under `up/` with `sampler`, both exporting to
+/// `collector` as the services `upstream` and `mirror`.
+async fn mirror_and_upstream(collector: &Collector, sampler: &str) -> (Server, Server) {
+    let endpoint = format!("http://{}", collector.serve("127.0.0.1:0").await);
+    // The upstream samples as its callers do (the default).
+    let upstream = Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_SERVICE_NAME", "upstream")]);
+    upstream.round_trip().await;
+    upstream.tag("quiet").await;
+    let mirror = Server::start_with(
+        &format!("mirrors: [{{prefix: up, url: \"{}\"}}]", upstream.base),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_SERVICE_NAME", "mirror"),
+            ("OTEL_TRACES_SAMPLER", sampler),
+        ],
+    );
+    mirror.ready().await;
+    (mirror, upstream)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mirrors_upstream_fetch_carries_the_trace_to_the_upstream() {
     let collector = Collector::default();
-    let endpoint = format!("http://{}", collector.serve("127.0.0.1:0").await);
-    let upstream = Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_SERVICE_NAME", "upstream")]);
-    upstream.round_trip().await;
-    let mirror = Server::start_with(
-        &format!("mirrors: [{{prefix: up, url: \"{}\"}}]", upstream.base),
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_SERVICE_NAME", "mirror")],
-    );
-    mirror.ready().await;
+    let (mirror, upstream) = mirror_and_upstream(&collector, "parentbased_always_on").await;
     let (caller, parent) = ("5bf92f3577b34da6a3ce929d0e0e4737", "10f067aa0ba902b8");
     assert_eq!(mirror.pull("up/traced/app", "v1", Some(&traceparent(caller, parent, true))).await, 200);
     mirror.stop();
@@ -490,16 +504,7 @@ async fn a_mirrors_upstream_fetch_carries_the_trace_to_the_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mirror_that_does_not_trace_a_pull_tells_its_upstream_not_to_trace_the_fetch() {
     let collector = Collector::default();
-    let endpoint = format!("http://{}", collector.serve("127.0.0.1:0").await);
-    // The upstream samples as its callers do (the default).
-    let upstream = Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_SERVICE_NAME", "upstream")]);
-    upstream.round_trip().await;
-    upstream.tag("quiet").await;
-    let mirror = Server::start_with(
-        &format!("mirrors: [{{prefix: up, url: \"{}\"}}]", upstream.base),
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_TRACES_SAMPLER", "always_off")],
-    );
-    mirror.ready().await;
+    let (mirror, upstream) = mirror_and_upstream(&collector, "always_off").await;
     assert_eq!(mirror.pull("up/traced/app", "quiet", None).await, 200);
     mirror.stop();
     upstream.stop();
