@@ -179,14 +179,16 @@ impl Drop for Record {
             m.in_flight.dec();
             let (route, method) = (self.route, metrics::Method::from(&self.method));
             if let Some(status) = self.status {
-                m.requests.get_or_create(&RequestLabels { route, method, status: status.into() }).inc();
+                let labels = RequestLabels { route, method, status: status.into() };
+                m.requests.get(labels.index(), || labels.clone()).inc();
             }
-            m.duration.get_or_create(&LatencyLabels { route, method }).observe(elapsed.as_secs_f64());
+            let labels = LatencyLabels { route, method };
+            m.duration.get(labels.index(), || labels.clone()).observe(elapsed.as_secs_f64());
             if received > 0 {
-                m.received.get_or_create(&RouteLabels { route }).inc_by(received);
+                m.received.get(route as usize, || RouteLabels { route }).inc_by(received);
             }
             if self.sent > 0 {
-                m.sent.get_or_create(&RouteLabels { route }).inc_by(self.sent);
+                m.sent.get(route as usize, || RouteLabels { route }).inc_by(self.sent);
             }
         }
         let duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;

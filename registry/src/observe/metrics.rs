@@ -5,6 +5,8 @@
 //! the upload slots) are given clones of their
 //! counters, which share the values registered here.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -12,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::series::Indexed;
 use crate::report::{Collection, Usage};
 
 /// Request latencies, from a cached manifest (well under a millisecond) to a
@@ -25,6 +28,7 @@ const STORAGE_BUCKETS: [f64; 12] = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum Route {
+    // The order numbers the series (`Indexed`); `other` stays last.
     base,
     catalog,
     tags,
@@ -39,6 +43,7 @@ pub enum Route {
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum Method {
+    // OTHER stays last (`Method::COUNT`).
     GET,
     HEAD,
     PUT,
@@ -47,6 +52,60 @@ pub enum Method {
     DELETE,
     OTHER,
 }
+
+// Each enum's last variant numbers its size: a variant goes before it.
+impl Route {
+    pub const COUNT: usize = Route::other as usize + 1;
+}
+
+impl Method {
+    pub const COUNT: usize = Method::OTHER as usize + 1;
+}
+
+impl StatusClass {
+    pub const COUNT: usize = StatusClass::ServerError as usize + 1;
+}
+
+impl RequestLabels {
+    /// The series' number among all label sets.
+    pub fn index(&self) -> usize {
+        let (route, method, status) = (self.route as usize, self.method as usize, self.status as usize);
+        (route * Method::COUNT + method) * StatusClass::COUNT + status
+    }
+}
+
+impl LatencyLabels {
+    pub fn index(&self) -> usize {
+        self.route as usize * Method::COUNT + self.method as usize
+    }
+}
+
+/// The storage operations (the storage layer's methods) by name.
+macro_rules! operations {
+    ($($name:ident)*) => {
+        #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+        #[allow(non_camel_case_types)]
+        pub enum Operation {
+            $($name),*
+        }
+
+        impl Operation {
+            pub const COUNT: usize = [$(Operation::$name),*].len();
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Operation::$name => stringify!($name)),*
+                }
+            }
+        }
+    };
+}
+
+operations!(
+    blob_delete blob_mount blob_put blob_read blob_size blob_stored blob_url manifest_delete manifest_exists
+    manifest_get manifest_put purge referrers repositories tag_delete tag_get tag_manifest tags upload_append
+    upload_cancel upload_finish upload_offset upload_start
+);
 
 impl From<&axum::http::Method> for Method {
     fn from(m: &axum::http::Method) -> Method {
@@ -64,6 +123,7 @@ impl From<&axum::http::Method> for Method {
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum StatusClass {
+    // ServerError stays last (`StatusClass::COUNT`).
     Informational,
     Success,
     Redirection,
@@ -116,7 +176,7 @@ pub struct RouteLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
-    pub operation: &'static str,
+    pub operation: Operation,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -173,13 +233,13 @@ fn storage_histogram() -> Histogram {
 }
 
 pub struct Metrics {
-    pub requests: Family<RequestLabels, Counter>,
-    pub duration: Family<LatencyLabels, Histogram, fn() -> Histogram>,
-    pub received: Family<RouteLabels, Counter>,
-    pub sent: Family<RouteLabels, Counter>,
+    pub requests: Indexed<RequestLabels, Counter>,
+    pub duration: Indexed<LatencyLabels, Histogram>,
+    pub received: Indexed<RouteLabels, Counter>,
+    pub sent: Indexed<RouteLabels, Counter>,
     pub in_flight: Gauge,
     pub connections: Gauge,
-    pub storage_operations: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    pub storage_operations: Arc<Indexed<OperationLabels, Histogram>>,
     pub access: Family<DecisionLabels, Counter>,
     /// Credential and decision cache lookups, by `hit` or `miss`.
     pub auth_cache: Family<ResultLabels, Counter>,
@@ -204,13 +264,16 @@ impl Metrics {
     pub fn new(volume: bool) -> Metrics {
         let mut r = Registry::with_prefix("berth_registry");
         let m = Metrics {
-            requests: Family::default(),
-            duration: Family::new_with_constructor(latency_histogram),
-            received: Family::default(),
-            sent: Family::default(),
+            requests: Indexed::new(Family::default(), Route::COUNT * Method::COUNT * StatusClass::COUNT),
+            duration: Indexed::new(Family::new_with_constructor(latency_histogram), Route::COUNT * Method::COUNT),
+            received: Indexed::new(Family::default(), Route::COUNT),
+            sent: Indexed::new(Family::default(), Route::COUNT),
             in_flight: Gauge::default(),
             connections: Gauge::default(),
-            storage_operations: Family::new_with_constructor(storage_histogram),
+            storage_operations: Arc::new(Indexed::new(
+                Family::new_with_constructor(storage_histogram),
+                Operation::COUNT,
+            )),
             access: Family::default(),
             auth_cache: Family::default(),
             uploads_in_flight: Gauge::default(),
@@ -226,21 +289,25 @@ impl Metrics {
             mirror_upstream_bytes: Family::default(),
             registry: Registry::default(),
         };
-        r.register("http_requests", "HTTP requests answered, by route, method and status class", m.requests.clone());
+        r.register(
+            "http_requests",
+            "HTTP requests answered, by route, method and status class",
+            m.requests.family().clone(),
+        );
         r.register(
             "http_request_duration_seconds",
             "Time from request to the last byte of the response",
-            m.duration.clone(),
+            m.duration.family().clone(),
         );
-        r.register("http_received_bytes", "Request body bytes received", m.received.clone());
-        r.register("http_sent_bytes", "Response body bytes sent", m.sent.clone());
+        r.register("http_received_bytes", "Request body bytes received", m.received.family().clone());
+        r.register("http_sent_bytes", "Response body bytes sent", m.sent.family().clone());
         r.register("http_requests_in_flight", "Requests being handled", m.in_flight.clone());
         r.register("connections_open", "Client connections open", m.connections.clone());
         r.register("uploads_in_flight", "Upload bodies being received", m.uploads_in_flight.clone());
         r.register(
             "storage_operation_duration_seconds",
             "Time of storage operations, by operation",
-            m.storage_operations.clone(),
+            m.storage_operations.family().clone(),
         );
         r.register("access_decisions", "Access checks, by decision", m.access.clone());
         r.register("auth_cache", "Credential and decision cache lookups, by result", m.auth_cache.clone());
@@ -337,6 +404,49 @@ mod tests {
 
     fn sample(m: &Metrics, series: &str) -> Option<f64> {
         m.encode().lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn every_request_label_set_has_a_number_of_its_own_within_the_handles() {
+        use std::collections::HashSet;
+        let routes = [
+            Route::base,
+            Route::catalog,
+            Route::tags,
+            Route::manifest,
+            Route::blob,
+            Route::upload,
+            Route::referrers,
+            Route::health,
+            Route::metrics,
+            Route::other,
+        ];
+        let methods =
+            [Method::GET, Method::HEAD, Method::PUT, Method::POST, Method::PATCH, Method::DELETE, Method::OTHER];
+        let statuses = [
+            StatusClass::Informational,
+            StatusClass::Success,
+            StatusClass::Redirection,
+            StatusClass::ClientError,
+            StatusClass::ServerError,
+        ];
+        assert_eq!((routes.len(), methods.len(), statuses.len()), (Route::COUNT, Method::COUNT, StatusClass::COUNT));
+        let mut requests = HashSet::new();
+        let mut latencies = HashSet::new();
+        for route in routes {
+            for method in methods {
+                latencies.insert(LatencyLabels { route, method }.index());
+                for status in statuses {
+                    requests.insert(RequestLabels { route, method, status }.index());
+                }
+            }
+        }
+        assert_eq!(requests.len(), Route::COUNT * Method::COUNT * StatusClass::COUNT);
+        assert!(requests.iter().all(|&i| i < requests.len()));
+        assert_eq!(latencies.len(), Route::COUNT * Method::COUNT);
+        assert!(latencies.iter().all(|&i| i < latencies.len()));
+        assert_eq!(Operation::COUNT, 23);
+        assert_eq!(Operation::upload_start.as_str(), "upload_start");
     }
 
     #[test]

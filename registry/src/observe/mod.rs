@@ -4,6 +4,7 @@
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod series;
 
 pub use health::{Health, Prober};
 pub use http::Observer;
