@@ -5,6 +5,7 @@
 //! configuration that the operator renders for the registry.
 
 pub mod config;
+pub mod error_chain;
 pub mod report;
 
 #[cfg(feature = "server")]

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use super::challenge::{self, Challenge};
 use super::{FetchError, SetupError};
 use crate::config::MirrorConfig;
+use crate::error_chain::describe;
 
 /// Time to open a connection (TCP and TLS).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -311,16 +312,4 @@ async fn read_limited(mut response: Response, max: u64) -> Result<bytes::Bytes, 
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
-}
-
-/// An error with its causes: reqwest's own message is only the outermost.
-pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
