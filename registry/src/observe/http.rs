@@ -180,15 +180,15 @@ impl Drop for Record {
             let (route, method) = (self.route, metrics::Method::from(&self.method));
             if let Some(status) = self.status {
                 let labels = RequestLabels { route, method, status: status.into() };
-                m.requests.get(labels.index(), || labels.clone()).inc();
+                m.requests.record(labels.index(), || labels.clone(), |c| c.inc());
             }
             let labels = LatencyLabels { route, method };
-            m.duration.get(labels.index(), || labels.clone()).observe(elapsed.as_secs_f64());
+            m.duration.record(labels.index(), || labels.clone(), |h| h.observe(elapsed.as_secs_f64()));
             if received > 0 {
-                m.received.get(route as usize, || RouteLabels { route }).inc_by(received);
+                m.received.record(route as usize, || RouteLabels { route }, |c| c.inc_by(received));
             }
             if self.sent > 0 {
-                m.sent.get(route as usize, || RouteLabels { route }).inc_by(self.sent);
+                m.sent.record(route as usize, || RouteLabels { route }, |c| c.inc_by(self.sent));
             }
         }
         let duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;

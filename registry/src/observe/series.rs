@@ -31,11 +31,16 @@ where
         &self.family
     }
 
-    /// The series numbered `index`, whose labels `labels` makes on first use.
-    /// A clone of a metric shares its value, so the handle records into the
-    /// registered series.
-    pub fn get(&self, index: usize, labels: impl FnOnce() -> L) -> &M {
-        self.handles[index].get_or_init(|| self.family.get_or_create(&labels()).clone())
+    /// Records into the series numbered `index` with `record`; its labels,
+    /// from `labels`, are needed only on first use. A clone of a metric
+    /// shares its value, so the handle records into the registered series.
+    /// An index out of range (a label value added without its number) is
+    /// recorded through the family, never a panic on the request path.
+    pub fn record<R>(&self, index: usize, labels: impl FnOnce() -> L, record: impl FnOnce(&M) -> R) -> R {
+        match self.handles.get(index) {
+            Some(handle) => record(handle.get_or_init(|| self.family.get_or_create(&labels()).clone())),
+            None => record(&self.family.get_or_create(&labels())),
+        }
     }
 }
 
@@ -50,10 +55,12 @@ mod tests {
         let family = Family::<Vec<(String, String)>, Counter>::default();
         let labels = |n: usize| move || vec![("n".to_owned(), n.to_string())];
         let indexed = Indexed::new(family.clone(), 2);
-        indexed.get(0, labels(0)).inc();
-        indexed.get(0, || unreachable!("made once")).inc_by(2);
-        indexed.get(1, labels(1)).inc();
+        indexed.record(0, labels(0), |c| c.inc());
+        indexed.record(0, || unreachable!("made once"), |c| c.inc_by(2));
+        indexed.record(1, labels(1), |c| c.inc());
+        indexed.record(7, labels(7), |c| c.inc());
         assert_eq!(family.get_or_create(&labels(0)()).get(), 3);
         assert_eq!(family.get_or_create(&labels(1)()).get(), 1);
+        assert_eq!(family.get_or_create(&labels(7)()).get(), 1, "out of range: through the family");
     }
 }

@@ -66,7 +66,7 @@ impl<S: Storage + ?Sized> Observed<S> {
         let out = work.instrument(span).await;
         if let Some(operations) = &self.operations {
             let elapsed = start.elapsed().as_secs_f64();
-            operations.get(operation as usize, || OperationLabels { operation }).observe(elapsed);
+            operations.record(operation as usize, || OperationLabels { operation }, |h| h.observe(elapsed));
         }
         out
     }
