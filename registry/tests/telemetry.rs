@@ -19,6 +19,8 @@ use prost::Message;
 #[derive(Clone, Default)]
 struct Collector {
     requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    /// The content types of the OTLP/HTTP requests, in order.
+    content_types: Arc<Mutex<Vec<String>>>,
 }
 
 impl Collector {
@@ -32,11 +34,13 @@ impl Collector {
 
     /// OTLP/HTTP, protobuf or JSON as the content type says.
     fn http(&self) -> axum::Router {
-        let requests = self.requests.clone();
+        let (requests, content_types) = (self.requests.clone(), self.content_types.clone());
         axum::Router::new().route(
             "/v1/traces",
             post(move |headers: axum::http::HeaderMap, body: Bytes| async move {
-                let decoded = if headers.get("content-type").is_some_and(|t| t == "application/json") {
+                let content_type = headers.get("content-type").and_then(|t| t.to_str().ok()).unwrap_or_default();
+                content_types.lock().unwrap().push(content_type.to_owned());
+                let decoded = if content_type == "application/json" {
                     serde_json::from_slice(&body).expect("OTLP JSON")
                 } else {
                     ExportTraceServiceRequest::decode(body).expect("OTLP protobuf")
@@ -345,9 +349,17 @@ async fn without_an_endpoint_nothing_is_sent_not_even_to_the_default_one() {
 }
 
 #[test]
-fn an_unknown_protocol_or_half_a_client_identity_is_refused_at_start() {
+fn an_unknown_protocol_half_a_client_identity_or_a_ca_file_without_a_certificate_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, der) = (dir.path().join("cert.pem"), dir.path().join("ca.der"));
+    std::fs::write(&cert, Pki::new().client.0).unwrap();
+    std::fs::write(&der, [0x30, 0x82, 0x01, 0x0a]).unwrap();
     let refused = |var: &str, value: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_berth-registry"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_berth-registry"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")) {
+            command.env_remove(k);
+        }
+        let out = command
             .args(["--listen", "127.0.0.1:0", "--root", "/nonexistent/never"])
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
             .env(var, value)
@@ -358,30 +370,39 @@ fn an_unknown_protocol_or_half_a_client_identity_is_refused_at_start() {
     };
     let stderr = refused("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift");
     assert!(stderr.contains("thrift") && stderr.contains("http/json"), "{stderr}");
-    let stderr = refused("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/etc/hostname");
+    let stderr = refused("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.to_str().unwrap());
     assert!(stderr.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY"), "{stderr}");
     let stderr = refused("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem");
     assert!(stderr.contains("/nonexistent/ca.pem"), "{stderr}");
+    let stderr = refused("OTEL_EXPORTER_OTLP_CERTIFICATE", der.to_str().unwrap());
+    assert!(stderr.contains("ca.der holds no PEM certificate"), "{stderr}");
 }
 
 /// Runs a round trip against a registry exporting with `env` (endpoint,
 /// protocol, TLS files) and says whether its spans reached `collector` while
-/// it ran (within 5 s); checks what arrived when they did.
-async fn round_trip_exporting(collector: &Collector, env: &[(&str, &str)]) -> bool {
+/// it ran; checks what arrived when they did.
+async fn round_trip_exporting(collector: &Collector, env: &[(&str, &str)], expected: bool) -> bool {
     let mut env = env.to_vec();
     env.push(("OTEL_SERVICE_NAME", "berth-exporting"));
     let server = Server::start(&env);
     server.round_trip().await;
-    // Sent in batches while the process runs, not only at its stop.
+    // Sent in batches while the process runs, not only at its stop: given
+    // 30 s when they should come, 2 s to show they do not (and the stop's flush).
     let pulled = |spans: &[Received]| spans.iter().any(|s| s.name == "GET manifest");
-    for _ in 0..100 {
+    for _ in 0..if expected { 600 } else { 40 } {
         if pulled(&collector.spans()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let arrived = pulled(&collector.spans());
-    server.stop();
+    let lines = server.stop();
+    if !arrived {
+        let failed = |l: &&serde_json::Value| {
+            l["level"] == "WARN" && l["fields"]["message"].as_str().is_some_and(|m| m.contains("OTLP collector failed"))
+        };
+        assert!(lines.iter().any(|l| failed(&l)), "an export that fails is logged: {lines:#?}");
+    }
     if arrived {
         let spans = collector.spans();
         let pull = spans.iter().find(|s| s.name == "GET manifest" && s.attr("reference") == Some("v1"));
@@ -398,12 +419,14 @@ async fn spans_reach_a_collector_over_grpc_or_json_when_asked() {
     let collector = Collector::default();
     let grpc = format!("http://{}", collector.serve_grpc(None).await);
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", grpc.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
-    assert!(round_trip_exporting(&collector, &env).await, "no span arrived over gRPC");
+    assert!(round_trip_exporting(&collector, &env, true).await, "no span arrived over gRPC");
 
     let collector = Collector::default();
     let http = format!("http://{}", collector.serve("127.0.0.1:0").await);
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", http.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")];
-    assert!(round_trip_exporting(&collector, &env).await, "no span arrived as JSON");
+    assert!(round_trip_exporting(&collector, &env, true).await, "no span arrived as JSON");
+    let types = collector.content_types.lock().unwrap().clone();
+    assert!(!types.is_empty() && types.iter().all(|t| t == "application/json"), "{types:?}");
 }
 
 /// A `traceparent` header of `trace`, its caller's span `parent`, sampled or not.
@@ -528,6 +551,7 @@ async fn mutual_tls(collector: &Collector, protocol: &str, endpoint: &str, pki: 
     let (ca, cert, key) = (file("ca.pem", &pki.ca), file("cert.pem", &pki.client.0), file("key.pem", &pki.client.1));
     // The system's roots, as far as the test's processes know: another CA.
     let other = file("other.pem", &Pki::new().ca);
+    let empty = file("empty.pem", "");
     let base = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)];
     let with = |extra: &[(&'static str, &str)], files: &[(&'static str, &str)]| -> Vec<(String, String)> {
         let (extra, files) = (extra.iter().map(|(k, v)| (*k, *v)), files.iter().map(|(k, v)| (*k, *v)));
@@ -542,11 +566,16 @@ async fn mutual_tls(collector: &Collector, protocol: &str, endpoint: &str, pki: 
         ("a client without a certificate", with(&[no_roots], &[ca_file]), false),
         ("the CA file and the client certificate", with(&[no_roots], &[ca_file, cert, key]), true),
         ("the CA among the system's roots", with(&[], &[("SSL_CERT_FILE", ca.as_str()), cert, key]), true),
+        (
+            "the CA file, the system having no roots",
+            with(&[], &[("SSL_CERT_FILE", empty.as_str()), ca_file, cert, key]),
+            true,
+        ),
     ];
     for (case, env, delivered) in cases {
         collector.requests.lock().unwrap().clear();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        assert_eq!(round_trip_exporting(collector, &env).await, delivered, "{protocol}: {case}");
+        assert_eq!(round_trip_exporting(collector, &env, delivered).await, delivered, "{protocol}: {case}");
         if !delivered {
             assert!(collector.requests.lock().unwrap().is_empty(), "{protocol}: {case}: spans arrived after all");
         }

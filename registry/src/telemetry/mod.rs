@@ -33,6 +33,7 @@ use crate::config::LogFormat;
 
 mod context;
 mod exporter;
+mod logged;
 mod sampling;
 
 pub use context::{caller, carry};
@@ -62,6 +63,8 @@ pub enum TelemetryError {
          (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY)"
     )]
     ClientIdentity,
+    #[error("{0} holds no PEM certificate")]
+    NoCertificate(PathBuf),
     #[error("setting up the OTLP trace exporter: {0}")]
     Exporter(String),
     #[error(
